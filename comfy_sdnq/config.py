@@ -1,0 +1,236 @@
+"""SDNQ quantization configs: parsing, validation, and the per-layer settings sdnq derives
+from them (module name matching, per-module overrides, per-module dtypes, versions).
+
+A config is the `quantization_config` dict sdnq writes into config.json /
+quantization_config.json (or comfy_sdnq into a safetensors header). Unknown keys are
+kept and ignored, as sdnq does; known keys are type-checked.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import dtypes
+from .dtypes import SdnqType
+from .errors import SdnqFormatError, SdnqUnsupportedError, where
+
+MATMUL_DTYPES = ("int8", "uint8", "fp8", "fp16", "float8_e4m3fn", "float16")
+DEFAULT_HADAMARD_GROUP = 256
+
+# field: (types accepted, default) - sdnq 0.2.8 SDNQConfig
+_FIELDS = {
+    "weights_dtype": ((str,), "int8"),
+    "scale_dtype": ((str, type(None)), None),
+    "zero_point_dtype": ((str, type(None)), None),
+    "quantized_matmul_dtype": ((str, type(None)), None),
+    "hadamard_group_size": ((int,), DEFAULT_HADAMARD_GROUP),
+    "group_size": ((int,), 0),
+    "svd_rank": ((int,), 32),
+    "svd_steps": ((int,), 8),
+    "codebook_steps": ((int,), 24),
+    "dynamic_loss_threshold": ((int, float, type(None)), None),
+    "use_svd": ((bool,), False),
+    "use_hadamard": ((bool,), False),
+    "use_codebook": ((bool,), False),
+    "use_codebook_scale": ((bool,), False),
+    "quant_conv": ((bool,), False),
+    "quant_embedding": ((bool,), False),
+    "use_quantized_matmul": ((bool,), False),
+    "use_quantized_matmul_conv": ((bool,), False),
+    "use_dynamic_quantization": ((bool,), False),
+    "use_stochastic_rounding": ((bool,), False),
+    "dequantize_fp32": ((bool,), True),
+    "minimum_allowed_numel": ((int,), 16384),
+    "minimum_allowed_channel_size": ((int,), 32),
+    "modules_to_not_convert": ((list, type(None)), None),
+    "modules_to_not_use_matmul": ((list, type(None)), None),
+    "modules_dtype_dict": ((dict, type(None)), None),
+    "modules_quant_config": ((dict, type(None)), None),
+    "sdnq_version": ((str, type(None)), None),
+}
+
+# the keys of modules_quant_config entries that change how a layer is stored
+_LAYER_KEYS = ("weights_dtype", "scale_dtype", "zero_point_dtype", "quantized_matmul_dtype", "hadamard_group_size",
+               "group_size", "svd_rank", "use_svd", "use_hadamard", "use_codebook", "use_codebook_scale",
+               "use_quantized_matmul", "use_quantized_matmul_conv", "dequantize_fp32")
+
+
+def parse_version(text: str | None) -> tuple[int, int, int] | None:
+    """'0.2.8' -> (0, 2, 8); None (pre-0.1.0 configs carry no version) -> None"""
+    if text is None:
+        return None
+    m = re.match(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?", str(text))
+    if not m:
+        raise SdnqFormatError(f"sdnq_version {text!r} is not a version number")
+    return tuple(int(g or 0) for g in m.groups())
+
+
+def match_module(param_name: str, patterns) -> str | None:
+    """sdnq's module-name matching: the first pattern that matches param_name, or None.
+    A pattern matches if it equals the name, equals one of its dot-separated parts,
+    starts with '.' and the name starts with the rest, or contains '*' and matches as a
+    regex anchored at the start ('.*' literal dot, '*' any)."""
+    parts = param_name.split(".")
+    for p in patterns:
+        if p.startswith("."):
+            if param_name.startswith(p[1:]):
+                return p
+            continue
+        if param_name == p or p in parts:
+            return p
+        if "*" in p and re.match(p.replace(".*", "\\.*").replace("*", ".*"), param_name):
+            return p
+    return None
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """the settings sdnq uses for one layer"""
+
+    weights_dtype: SdnqType
+    scale_dtype: SdnqType | None
+    zero_point_dtype: SdnqType | None
+    quantized_matmul_dtype: str | None
+    group_size: int
+    svd_rank: int
+    use_svd: bool
+    use_hadamard: bool
+    hadamard_group_size: int
+    use_codebook: bool
+    use_codebook_scale: bool
+    use_quantized_matmul: bool
+    dequantize_fp32: bool
+
+
+class QuantConfig:
+    """A validated SDNQ quantization config. `source` names the file it came from."""
+
+    def __init__(self, raw: dict, source: str | None = None):
+        if not isinstance(raw, dict):
+            raise SdnqFormatError(f"{where(source)}quantization_config must be a JSON object, got "
+                                  f"{type(raw).__name__}")
+        self.source = source
+        method = raw.get("quant_method", "sdnq")
+        if method == "sdnq_training":
+            raise SdnqUnsupportedError(f"{where(source)}quant_method 'sdnq_training' (sdnq's training format) is not "
+                                       f"saved as safetensors and is not supported; convert it with sdnq first")
+        if method != "sdnq":
+            raise SdnqFormatError(f"{where(source)}quant_method is {method!r}, expected 'sdnq'")
+        values = {}
+        for key, (types, default) in _FIELDS.items():
+            value = raw.get(key, default)
+            if isinstance(value, bool) and bool not in types:
+                raise SdnqFormatError(f"{where(source)}quantization_config[{key!r}] must be "
+                                      f"{'/'.join(t.__name__ for t in types)}, got {value!r}")
+            if not isinstance(value, types):
+                raise SdnqFormatError(f"{where(source)}quantization_config[{key!r}] must be "
+                                      f"{'/'.join(t.__name__ for t in types)}, got {type(value).__name__}")
+            values[key] = value
+        self.raw = dict(raw)
+        self.values = values
+        self.version = parse_version(values["sdnq_version"])
+        self.weights_dtype = self._dtype(values["weights_dtype"], "weights_dtype")
+        for key in ("scale_dtype", "zero_point_dtype"):
+            if values[key] not in (None, "none"):
+                self._dtype(values[key], key)
+        if values["quantized_matmul_dtype"] is not None and values["quantized_matmul_dtype"] not in MATMUL_DTYPES:
+            raise SdnqFormatError(f"{where(source)}quantized_matmul_dtype {values['quantized_matmul_dtype']!r} is not "
+                                  f"one of {MATMUL_DTYPES}")
+        self.not_use_matmul = self._names("modules_to_not_use_matmul")
+        self.not_convert = self._names("modules_to_not_convert")
+        self.dtype_dict = {}
+        for k, v in (values["modules_dtype_dict"] or {}).items():
+            v = [v] if isinstance(v, str) else v
+            if not isinstance(k, str) or not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise SdnqFormatError(f"{where(source)}modules_dtype_dict must map dtype names to lists of module "
+                                      f"names, got {k!r}: {type(v).__name__}")
+            self.dtype_dict[k] = v
+        self.quant_config = {}
+        for k, v in (values["modules_quant_config"] or {}).items():
+            if not isinstance(k, str) or not isinstance(v, dict):
+                raise SdnqFormatError(f"{where(source)}modules_quant_config must map module names to objects, got "
+                                      f"{k!r}: {type(v).__name__}")
+            self.quant_config[k] = v
+
+    def _dtype(self, name, key) -> SdnqType:
+        try:
+            return dtypes.get(name)
+        except SdnqFormatError as exc:
+            raise SdnqFormatError(f"{where(self.source)}quantization_config[{key!r}]: {exc}") from None
+
+    def _names(self, key) -> list[str]:
+        v = self.values[key] or []
+        if not all(isinstance(x, str) for x in v):
+            raise SdnqFormatError(f"{where(self.source)}{key} must be a list of module names")
+        return list(v)
+
+    def __getitem__(self, key):
+        return self.values[key]
+
+    def hadamard_h4(self) -> bool:
+        """whether power-of-4 Hadamard groups use the H4 construction (sdnq >= 0.2.1)"""
+        return self.version is None or self.version >= (0, 2, 1)
+
+    def minimum_dtype(self, weights_dtype: str, param_name: str) -> str:
+        """sdnq's get_minimum_dtype: the per-module dtype from modules_dtype_dict"""
+        base = dtypes.get(weights_dtype)
+        for key, names in self.dtype_dict.items():
+            if match_module(param_name, names) is None:
+                continue
+            k = key.lower()
+            if k.startswith("minimum") or k.endswith(("bit", "bits")):
+                s = k.removeprefix("minimum").removeprefix("-").removeprefix("_")
+                s = s.removesuffix("bits").removesuffix("bit").removesuffix("-").removesuffix("_")
+                unsigned = s.startswith("uint")
+                s = s.removeprefix("uint") if unsigned else s.removeprefix("int")
+                if not s.isdigit():
+                    raise SdnqFormatError(f"{where(self.source)}modules_dtype_dict key {key!r} is not a dtype or a "
+                                          f"'minimum_<N>bit' rule")
+                bits = int(s)
+                if base.bits < bits:
+                    return ("uint" if unsigned or bits <= 4 else "int") + s
+            else:
+                return key
+        return weights_dtype
+
+    def layer(self, param_name: str, kind: str = "linear") -> LayerConfig:
+        """the settings of the layer whose weight is param_name ('<module path>.weight')"""
+        kw = {k: self.values[k] for k in _LAYER_KEYS}
+        key = match_module(param_name, self.quant_config.keys())
+        if key is not None:
+            for k, v in self.quant_config[key].items():
+                if k in kw:
+                    kw[k] = v
+        use_qmm = kw["use_quantized_matmul_conv"] if kind in ("conv", "conv_transpose") else kw["use_quantized_matmul"]
+        if match_module(param_name, self.not_use_matmul) is not None:
+            use_qmm = False
+        wname = self.minimum_dtype(kw["weights_dtype"], param_name)
+        sd = kw["scale_dtype"]
+        zd = kw["zero_point_dtype"]
+        zd = sd if zd is None else zd  # sdnq: zero points default to the scale's dtype
+        return LayerConfig(
+            weights_dtype=self._dtype(wname, f"weights_dtype of {param_name}"),
+            scale_dtype=None if sd in (None, "none") else self._dtype(sd, "scale_dtype"),
+            zero_point_dtype=None if zd in (None, "none") else self._dtype(zd, "zero_point_dtype"),
+            quantized_matmul_dtype=kw["quantized_matmul_dtype"],
+            group_size=int(kw["group_size"]),
+            svd_rank=int(kw["svd_rank"]),
+            use_svd=bool(kw["use_svd"]),
+            use_hadamard=bool(kw["use_hadamard"]),
+            hadamard_group_size=int(kw["hadamard_group_size"]),
+            use_codebook=bool(kw["use_codebook"]),
+            use_codebook_scale=bool(kw["use_codebook_scale"]),
+            use_quantized_matmul=bool(use_qmm),
+            dequantize_fp32=bool(kw["dequantize_fp32"]),
+        )
+
+
+def layer_config(weights_dtype: str = "int8", kind: str = "linear", **kwargs) -> LayerConfig:
+    """A LayerConfig from keyword arguments (the quantize() API); unknown keys are errors."""
+    cfg = QuantConfig({"weights_dtype": weights_dtype, **{k: v for k, v in kwargs.items() if k in _FIELDS}})
+    unknown = set(kwargs) - set(_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown quantization option(s): {', '.join(sorted(unknown))}")
+    return cfg.layer("weight", kind)
+
+
