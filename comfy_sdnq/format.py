@@ -191,3 +191,156 @@ def plan_layer(kind: str, shape: tuple[int, ...], cfg: LayerConfig, tensorwise_f
     return LayerPlan(kind=kind, shape=shape, wtype=w, group_size=group_size, qshape=qshape, red_axis=red,
                      transposed=transposed, use_qmm=use_qmm, requant=requant, matmul_dtype=mm, cast_scale=cast_scale,
                      svd_rank=svd_rank, hadamard=hadamard, codebook=cfg.use_codebook)
+
+
+# ---------------------------------------------------------------------------
+# reading a layer's layout back from its tensors
+
+
+@dataclass(frozen=True)
+class LayerGeometry:
+    """How to decode one stored layer: what the file tensors' shapes say, checked against
+    the config. `shape` is the logical weight shape; `view`, `stored_t` as in LayerPlan."""
+
+    kind: str
+    shape: tuple[int, ...]
+    view: tuple[int, int, int]
+    stored_t: bool
+    scale_shape: tuple[int, ...]
+    svd_transposed: bool
+    svd_rank: int
+    hadamard: int
+
+
+def _candidates(scale_shape: tuple[int, ...], n: int, levels: int):
+    """(kind, logical shape, view, stored_t) for every reduction axis the scale allows"""
+    s = tuple(scale_shape)
+    if n <= 0:
+        return []
+    if s == (levels,) or (levels == 1 and all(d == 1 for d in s)):
+        return [("tensorwise", None, (1, n, 1), False)]
+    out = []
+    for r, d in enumerate(s):
+        if d != levels:
+            continue
+        outer, inner = math.prod(s[:r]), math.prod(s[r + 1:])
+        if outer * inner == 0 or n % (outer * inner):
+            continue
+        red = n // (outer * inner)
+        if len(s) == 2 and r == 0 and levels == 1 and s[1] > 1:
+            out.append(("linear", (s[1], red), (1, red, s[1]), True))      # matmul-ready [in, out]
+        elif len(s) == 2 and r == 1:
+            out.append(("linear", (s[0], red), (s[0], red, 1), False))     # row-wise
+        elif len(s) == 3 and r == 2:
+            out.append(("linear", (s[0], s[1] * red), (s[0] * s[1], red, 1), False))  # grouped
+        elif len(s) >= 3 and r == 1:
+            out.append(("conv", (s[0], red) + s[2:], (s[0], red, inner), False))      # conv row-wise
+        elif len(s) >= 4 and r == 2:
+            out.append(("conv", (s[0], s[1] * red) + s[3:], (s[0] * s[1], red, inner), False))  # conv grouped
+        elif len(s) >= 3 and r == 0:
+            out.append(("conv_transpose", (red,) + s[1:], (1, red, inner), False))  # conv-transpose row-wise
+    return out
+
+
+def infer_geometry(cfg: LayerConfig, n: int, scale_shape: tuple[int, ...] | None, *, out_features: int | None = None,
+                   svd_shapes=None, shape_hint=None, kind_hint: str | None = None) -> LayerGeometry:
+    """Decide a stored layer's geometry.
+
+    n: number of codes; scale_shape: the plain scale's shape (None when it is double
+    quantized and packed, so only the config can tell); out_features: the output size if
+    known from elsewhere (bias); svd_shapes: (svd_up.shape, svd_down.shape) or None;
+    shape_hint/kind_hint: the model's own weight shape and layer kind, when known.
+    Raises SdnqFormatError when the tensors fit no layout."""
+    levels = cfg.weights_dtype.levels if cfg.use_codebook else 1
+    kind_hint = kind_hint if kind_hint in KINDS else None
+    if shape_hint is not None:
+        shape_hint = tuple(int(x) for x in shape_hint)
+        if math.prod(shape_hint) != n:
+            raise SdnqFormatError(f"the model's weight shape {shape_hint} holds {math.prod(shape_hint)} elements, "
+                                  f"the stored codes {n}")
+    if scale_shape is None:
+        # a packed double-quantized scale: the plan from the config is the only source
+        shape = shape_hint or _shape_from(n, out_features, svd_shapes)
+        if shape is None:
+            raise SdnqFormatError(f"cannot tell the layout of {n} codes with a packed double-quantized scale: "
+                                  f"the output size is unknown (no bias, no SVD factors); pass shapes=")
+        plan = plan_layer(kind_hint or ("linear" if len(shape) == 2 else "conv"), shape, cfg)
+        return _finish(plan.kind, shape, plan.view, plan.transposed, plan.scale_shape, cfg, svd_shapes,
+                       plan.use_qmm)
+    cands = _candidates(scale_shape, n, levels)
+    if not cands:
+        raise SdnqFormatError(f"scale shape {tuple(scale_shape)} fits no SDNQ layout of {n} codes"
+                              + (f" with {levels} codebook levels" if levels > 1 else ""))
+    if cands[0][0] == "tensorwise":
+        shape = shape_hint or _shape_from(n, out_features, svd_shapes)
+        if shape is None:
+            raise SdnqFormatError(f"tensor-wise scale: the weight shape of {n} codes is unknown (no bias, no SVD "
+                                  f"factors); pass shapes=")
+        kind = kind_hint or ("linear" if len(shape) == 2 else "conv")
+        plan = plan_layer(kind, shape, cfg)
+        view = plan.view if plan.transposed else (1, n, 1)
+        return _finish(kind, shape, view, plan.transposed, tuple(scale_shape), cfg, svd_shapes, plan.use_qmm)
+    chosen = cands
+    if shape_hint is not None and len(cands) > 1:
+        chosen = [c for c in cands if c[1][0] == shape_hint[0]] or cands
+    if kind_hint is not None and len(chosen) > 1:
+        chosen = [c for c in chosen if c[0] == kind_hint or (kind_hint == "embedding" and c[0] == "linear")] or chosen
+    if len(chosen) > 1:
+        # only codebook levels equal to another dimension get here: ask the config
+        fits = [c for c in chosen if plan_layer(c[0], c[1], cfg).scale_shape == tuple(scale_shape)]
+        chosen = fits or chosen
+    kind, shape, view, stored_t = chosen[-1] if len(chosen) > 1 else chosen[0]
+    if out_features is not None and out_features != shape[0]:
+        raise SdnqFormatError(f"bias has {out_features} outputs, the scale {tuple(scale_shape)} implies {shape[0]}")
+    if shape_hint is not None:
+        if shape_hint[0] != shape[0]:
+            raise SdnqFormatError(f"the model's weight shape {shape_hint} does not match the stored layout "
+                                  f"{shape} (scale {tuple(scale_shape)})")
+        shape = shape_hint
+        kind = kind_hint or ("linear" if len(shape) == 2 else kind)
+    if kind_hint is not None:
+        kind = kind_hint
+    use_qmm = stored_t or (svd_shapes is not None and _svd_transposed(shape, svd_shapes) is True)
+    return _finish(kind, shape, view, stored_t, tuple(scale_shape), cfg, svd_shapes, use_qmm)
+
+
+def _shape_from(n, out_features, svd_shapes):
+    """logical 2-D shape from the output size (bias) or the SVD factors"""
+    if svd_shapes is not None:
+        (u0, u1), (d0, d1) = svd_shapes
+        for rows, cols in ((u0, d1), (u1, d0)):
+            if rows * cols == n and (out_features is None or rows == out_features):
+                return (rows, cols)
+    if out_features and n % out_features == 0:
+        return (out_features, n // out_features)
+    return None
+
+
+def _svd_transposed(shape, svd_shapes):
+    """True/False from the SVD factor shapes, None when they fit both orientations"""
+    rows = shape[0]
+    cols = math.prod(shape) // rows
+    (u0, u1), (d0, d1) = svd_shapes
+    normal = u0 == rows and d1 == cols and u1 == d0
+    transposed = u1 == rows and d0 == cols and u0 == d1
+    if normal and transposed:
+        return None
+    if normal or transposed:
+        return transposed
+    raise SdnqFormatError(f"SVD factors {tuple(svd_shapes[0])} and {tuple(svd_shapes[1])} do not fit a "
+                          f"[{rows}, {cols}] weight")
+
+
+def _finish(kind, shape, view, stored_t, scale_shape, cfg, svd_shapes, use_qmm) -> LayerGeometry:
+    svd_t, rank = False, 0
+    if svd_shapes is not None:
+        t = _svd_transposed(shape, svd_shapes)
+        svd_t = use_qmm if t is None else t
+        rank = svd_shapes[0][0] if svd_t else svd_shapes[0][1]
+    hadamard = 0
+    if cfg.use_hadamard:
+        channels = shape[1] if kind in ("conv", "conv_transpose") and len(shape) > 2 else shape[-1]
+        hadamard = hadamard_group(channels, cfg.hadamard_group_size)
+    return LayerGeometry(kind=kind, shape=tuple(shape), view=tuple(view), stored_t=bool(stored_t),
+                         scale_shape=tuple(scale_shape), svd_transposed=bool(svd_t), svd_rank=int(rank),
+                         hadamard=hadamard)

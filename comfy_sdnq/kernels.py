@@ -126,6 +126,8 @@ def dequantize(t: SdnqType, raw: torch.Tensor, scale: torch.Tensor, zero_point: 
         raise SdnqError(f"dequantize: output shape {tuple(out_shape)} does not hold {o}x{r}x{i} codes")
     impl = _pick(impl, raw, scale, zero_point)
     if impl == "torch":
+        if not t.is_packed and raw.dtype != t.storage_dtype:  # native codes passed as raw bytes
+            raw = raw.view(t.storage_dtype)
         codes = reference.unpack(t, raw, o * r * i) if t.is_packed else raw.reshape(-1)
         out = reference.dequantize(t, codes, scale, zero_point, view, codebook, out_dtype)
         if transposed:
