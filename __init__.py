@@ -20,7 +20,7 @@ else:
     if _here not in sys.path:
         sys.path.insert(0, _here)
     try:
-        from comfy_sdnq.comfy import nodes as _nodes
+        from comfy_sdnq.comfyui import nodes as _nodes
 
         NODE_CLASS_MAPPINGS = _nodes.NODE_CLASS_MAPPINGS
         NODE_DISPLAY_NAME_MAPPINGS = _nodes.NODE_DISPLAY_NAME_MAPPINGS

@@ -121,13 +121,7 @@ class Source:
             raise SdnqFormatError(f"{path}: " + (f"SDNQ tensors but no config in __metadata__[{CONFIG_KEY!r}]"
                                                   if has_sdnq else "not an SDNQ file (no quantized layers, no "
                                                   f"__metadata__[{CONFIG_KEY!r}])"))
-        meta = load_json(text.encode("utf-8"), f"{path}: __metadata__[{CONFIG_KEY!r}]")
-        if not isinstance(meta, dict):
-            raise SdnqFormatError(f"{path}: __metadata__[{CONFIG_KEY!r}] must be a JSON object")
-        raw = meta.get("quantization_config", meta) if "quant_method" not in meta else meta
-        self.config = QuantConfig(raw, f"{path} __metadata__[{CONFIG_KEY!r}]")
-        self.model_config = meta.get("model_config") if isinstance(meta.get("model_config"), dict) else None
-        self.dtype = _dtype_from(meta) or _dtype_from(self.model_config)
+        self.config, self.dtype, self.model_config = config_from_metadata(text, path)
         self.files = [st]
 
     def keys(self):
@@ -164,6 +158,20 @@ class TensorSource:
 
     def file_of(self, key) -> str:
         return self.path
+
+
+def config_from_metadata(text: str, path: str):
+    """(QuantConfig, compute dtype or None, model config or None) from the JSON of
+    __metadata__['sdnq_config']: {"quantization_config": ..., "torch_dtype": ...} or a bare config"""
+    meta = load_json(text.encode("utf-8"), f"{path}: __metadata__[{CONFIG_KEY!r}]")
+    if not isinstance(meta, dict):
+        raise SdnqFormatError(f"{path}: __metadata__[{CONFIG_KEY!r}] must be a JSON object")
+    raw = meta if "quant_method" in meta else meta.get("quantization_config")
+    if raw is None:
+        raise SdnqFormatError(f"{path}: __metadata__[{CONFIG_KEY!r}] has no quantization_config")
+    model_config = meta.get("model_config") if isinstance(meta.get("model_config"), dict) else None
+    return QuantConfig(raw, f"{path} __metadata__[{CONFIG_KEY!r}]"), _dtype_from(meta) or _dtype_from(model_config), \
+        model_config
 
 
 def _check_arith(src: Source, key: str, t: torch.Tensor, what: str):
@@ -328,10 +336,15 @@ def load(path, dtype: torch.dtype | None = None, *, shapes: dict | None = None, 
     the files, not read. dtype: compute dtype (default: the config's, else bfloat16).
     shapes/kinds: the model's weight shapes and layer kinds by key, for the rare layouts
     the tensors alone do not pin down."""
-    src = Source(path)
+    return state_dict(Source(path), dtype, shapes=shapes, kinds=kinds)
+
+
+def state_dict(src, dtype: torch.dtype | None = None, *, shapes: dict | None = None, kinds: dict | None = None
+               ) -> dict[str, torch.Tensor]:
+    """the state dict of a Source / TensorSource: SDNQ layers as QuantizedTensors, the rest as is"""
     dtype = dtype or src.dtype or torch.bfloat16
     if dtype not in dtypes.ARITH_DTYPES:
-        raise SdnqError(f"{path}: compute dtype must be float32, bfloat16 or float16, got {dtype}")
+        raise SdnqError(f"{src.path}: compute dtype must be float32, bfloat16 or float16, got {dtype}")
     keys = list(src.keys())
     keyset = set(keys)
     prefixes = []

@@ -49,6 +49,43 @@ def dequantize_impl(codes, scale, zero_point, svd_up, svd_down, wtype, view, out
     return w
 
 
+_HADAMARD_CACHE: dict = {}
+
+
+def _hadamard_matrix(h: int, use_h4: bool, dtype, device) -> torch.Tensor:
+    key = (h, use_h4, dtype, str(device))
+    mat = _HADAMARD_CACHE.get(key)
+    if mat is None:
+        from .reference import hadamard_matrix
+
+        mat = _HADAMARD_CACHE[key] = hadamard_matrix(h, use_h4, dtype, device)
+    return mat
+
+
+def linear_impl(x, codes, scale, zero_point, svd_up, svd_down, bias, wtype, view, out_shape, flags, hadamard,
+                impl=None):
+    """F.linear(x, W, bias) for the SDNQ weight W, computed as sdnq's quantized-matmul path
+    does: the low-rank branch on the activations, (x down^T) up^T, instead of adding
+    up @ down into the weight, and with Hadamard, the activations rotated instead of the
+    weight (H is symmetric and orthonormal). Equal to F.linear on dequantize() up to
+    the order of the roundings."""
+    if svd_up is None and not hadamard:
+        w = dequantize_impl(codes, scale, zero_point, None, None, wtype, view, out_shape, flags, 0, x.dtype, impl)
+        return torch.nn.functional.linear(x, w, bias)
+    t = dtypes.get(int(wtype))
+    w = kernels.dequantize(t, codes, scale, zero_point, tuple(view), tuple(out_shape), x.dtype,
+                           transposed=bool(flags & FLAG_TRANSPOSED), codebook=bool(flags & FLAG_CODEBOOK), impl=impl)
+    if hadamard:
+        h = int(hadamard)
+        mat = _hadamard_matrix(h, bool(flags & FLAG_HADAMARD_H4), x.dtype, x.device)
+        x = torch.matmul(x.unflatten(-1, (-1, h)), mat).flatten(-2)
+    y = torch.nn.functional.linear(x, w, bias)
+    if svd_up is not None:
+        up, down = (svd_up.t(), svd_down.t()) if flags & FLAG_SVD_TRANSPOSED else (svd_up, svd_down)
+        y = y + torch.nn.functional.linear(torch.nn.functional.linear(x, down.to(x.dtype)), up.to(x.dtype))
+    return y
+
+
 def _register():
     lib = torch.library.Library("sdnq", "FRAGMENT")
     lib.define(_DEQUANT_SCHEMA)
@@ -59,9 +96,8 @@ def _register():
                                dtype)
 
     def linear(x, codes, scale, zero_point, svd_up, svd_down, bias, wtype, view, out_shape, flags, hadamard):
-        w = dequantize_impl(codes, scale, zero_point, svd_up, svd_down, wtype, view, out_shape, flags, hadamard,
-                            x.dtype)
-        return torch.nn.functional.linear(x, w, bias)
+        return linear_impl(x, codes, scale, zero_point, svd_up, svd_down, bias, wtype, view, out_shape, flags,
+                           hadamard)
 
     lib.impl("dequantize", dequantize, "CompositeExplicitAutograd")
     lib.impl("linear", linear, "CompositeExplicitAutograd")

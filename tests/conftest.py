@@ -35,3 +35,58 @@ def impl(request):
 def seed():
     torch.manual_seed(0)
     return 0
+
+
+# ---------------------------------------------------------------------------
+# ComfyUI: tests marked `comfyui` need a checkout at COMFYUI_PATH (default /opt/comfyui)
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "/opt/comfyui")
+
+
+def comfyui_found() -> bool:
+    return os.path.isfile(os.path.join(COMFYUI_PATH, "comfy", "model_patcher.py"))
+
+
+def comfyui_commit() -> str:
+    for probe in (os.path.join(COMFYUI_PATH, ".comfyui_commit"),):
+        if os.path.isfile(probe):
+            return open(probe).read().strip()
+    return "unknown"
+
+
+def pytest_report_header(config):
+    if comfyui_found():
+        return f"ComfyUI: {COMFYUI_PATH} @ {comfyui_commit()}"
+    return f"ComfyUI: NOT FOUND at {COMFYUI_PATH}: every ComfyUI integration test skips"
+
+
+def pytest_collection_modifyitems(config, items):
+    if comfyui_found():
+        return
+    skip = pytest.mark.skip(reason=f"ComfyUI not found at {COMFYUI_PATH} (set COMFYUI_PATH)")
+    for item in items:
+        if "comfyui" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """ComfyUI imported on the CPU with comfy_sdnq's loader hooks installed"""
+    if not comfyui_found():
+        pytest.skip(f"ComfyUI not found at {COMFYUI_PATH}")
+    if COMFYUI_PATH not in sys.path:
+        sys.path.insert(0, COMFYUI_PATH)
+    import comfy.options
+
+    comfy.options.enable_args_parsing(False)
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import comfy.model_management  # noqa: F401
+    import comfy.sd  # noqa: F401
+
+    from comfy_sdnq.comfyui import hooks
+
+    hooks.install()
+    yield comfy
+    hooks.uninstall()
