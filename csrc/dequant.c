@@ -202,8 +202,8 @@ sdnq_status sdnq_dequantize(const sdnq_dequant_desc *d, int32_t nthreads) {
     int64_t levels;
     sdnq_status st = dequant_check(d, &t, &levels);
     if (st != SDNQ_OK) return st;
-    const int64_t span = d->red * d->inner; /* elements per outer index */
-    if (d->outer == 0 || span == 0) return SDNQ_OK;
+    if (d->outer == 0 || d->red == 0 || d->inner == 0) return SDNQ_OK;
+    const int64_t span = d->red * d->inner; /* elements per outer index; bounded by the checked total */
 
     const int asym = t->is_unsigned && !d->codebook;
     const int use_lut = t->bits <= 8 && !d->codebook;

@@ -90,7 +90,8 @@ static sdnq_status quant_check(const sdnq_quant_desc *d, const sdnq_type_traits 
     if (d->outer < 0 || d->red < 0 || d->inner < 0) return SDNQ_ERR_SIZE;
     int64_t n = sdnq_mul64(sdnq_mul64(d->outer, d->red), d->inner);
     if (n < 0) return SDNQ_ERR_OVERFLOW;
-    int64_t g = d->tensorwise ? 1 : d->outer * d->inner;
+    int64_t g = d->tensorwise ? 1 : sdnq_mul64(d->outer, d->inner);
+    if (g < 0) return SDNQ_ERR_OVERFLOW;
     if (d->w_numel < n || d->codes_numel < n || d->scale_numel < g) return SDNQ_ERR_RANGE;
     if (n > 0 && (d->w == NULL || d->codes == NULL || d->scale == NULL)) return SDNQ_ERR_NULL;
     if (t->is_unsigned && n > 0 && d->zero_point == NULL) return SDNQ_ERR_NULL;
