@@ -97,3 +97,10 @@ def models_dir(tmp):
         os.makedirs(os.path.join(tmp, kind), exist_ok=True)
         folder_paths.add_model_folder_path(kind, os.path.join(tmp, kind), is_default=True)
     return tmp
+
+
+def load_unet(name):
+    """through ComfyUI's stock "Load Diffusion Model" node"""
+    import nodes
+
+    return nodes.UNETLoader().load_unet(name, "default")[0]

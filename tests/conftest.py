@@ -90,3 +90,18 @@ def comfy():
     hooks.install()
     yield comfy
     hooks.uninstall()
+
+
+@pytest.fixture(scope="session")
+def flux(comfy, tmp_path_factory):
+    import comfy_models as cm
+
+    tmp = str(tmp_path_factory.mktemp("flux"))
+    cm.models_dir(tmp)
+    dense = cm.flux_diffusers()
+    original = {k: v.clone() for k, v in dense.state_dict().items()}
+    q = cm.sdnq_quantize_model(dense, weights_dtype="uint4", use_svd=True, svd_rank=32, dequantize_fp32=False)
+    sdnq_path = cm.save_sdnq_single_file(q, os.path.join(tmp, "diffusion_models", "flux-sdnq.safetensors"))
+    ref_path = cm.save_dense(cm.sdnq_dense_state_dict(q), os.path.join(tmp, "diffusion_models", "flux-dense.safetensors"))
+    orig_path = cm.save_dense(original, os.path.join(tmp, "diffusion_models", "flux-original.safetensors"))
+    return {"tmp": tmp, "sdnq": sdnq_path, "dense": ref_path, "original": orig_path, "model": q}

@@ -17,25 +17,10 @@ import torch
 pytestmark = pytest.mark.comfyui
 
 
-@pytest.fixture(scope="module")
-def flux(comfy, tmp_path_factory):
-    import comfy_models as cm
-
-    tmp = str(tmp_path_factory.mktemp("flux"))
-    cm.models_dir(tmp)
-    dense = cm.flux_diffusers()
-    original = {k: v.clone() for k, v in dense.state_dict().items()}
-    q = cm.sdnq_quantize_model(dense, weights_dtype="uint4", use_svd=True, svd_rank=32, dequantize_fp32=False)
-    sdnq_path = cm.save_sdnq_single_file(q, os.path.join(tmp, "diffusion_models", "flux-sdnq.safetensors"))
-    ref_path = cm.save_dense(cm.sdnq_dense_state_dict(q), os.path.join(tmp, "diffusion_models", "flux-dense.safetensors"))
-    orig_path = cm.save_dense(original, os.path.join(tmp, "diffusion_models", "flux-original.safetensors"))
-    return {"tmp": tmp, "sdnq": sdnq_path, "dense": ref_path, "original": orig_path, "model": q}
-
-
 def _load_unet(name):
-    import nodes
+    from comfy_models import load_unet
 
-    return nodes.UNETLoader().load_unet(name, "default")[0]
+    return load_unet(name)
 
 
 def test_flux_diffusers_keys_through_load_diffusion_model(flux):
