@@ -13,7 +13,7 @@ PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 COMFYUI_PATH=${COMFYUI_PATH:-/opt/comfyui}
 TORCH_PINS="torch==2.11.0 torchvision==0.26.0 torchaudio==2.11.0"
-OLD_SDNQ="0.1.0 0.1.2 0.2.2 0.2.5 0.2.6"
+OLD_SDNQ="0.1.0 0.1.1 0.1.2 0.1.3 0.1.4 0.1.5 0.1.6 0.1.7 0.1.8 0.1.9 0.2.0 0.2.1 0.2.2 0.2.3 0.2.4 0.2.5 0.2.6 0.2.7"
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"

@@ -168,8 +168,9 @@ class QuantConfig:
         return self.values[key]
 
     def hadamard_h4(self) -> bool:
-        """whether power-of-4 Hadamard groups use the H4 construction (sdnq >= 0.2.1)"""
-        return self.version is None or self.version >= (0, 2, 1)
+        """whether power-of-4 Hadamard groups use the H4 construction: since the 0.2.0
+        release (earlier 0.1.9 files rotate every block size with Sylvester's matrix)"""
+        return self.version is None or self.version >= (0, 2, 0)
 
     def minimum_dtype(self, weights_dtype: str, param_name: str) -> str:
         """sdnq's get_minimum_dtype: the per-module dtype from modules_dtype_dict"""

@@ -13,6 +13,7 @@ Every error names the file and key.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -180,6 +181,8 @@ def _check_arith(src: Source, key: str, t: torch.Tensor, what: str):
 
 
 def _check_finite(src: Source, key: str, t: torch.Tensor):
+    if t.device.type == "meta":  # shape-only loading: nothing to check
+        return
     if t.numel() and not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
         raise SdnqFormatError(f"{where(src.file_of(key), key)}{bad} NaN/inf value(s) in shape {tuple(t.shape)}")
@@ -202,6 +205,24 @@ def _code_count(src: Source, key: str, t: dtypes.SdnqType, x: torch.Tensor, what
 
 def build_layer(src: Source, prefix: str, dtype: torch.dtype, shape_hint=None, kind_hint=None):
     """the SDNQ QuantizedTensor of the layer whose keys start with prefix"""
+    try:
+        return _build_layer(src, prefix, dtype, shape_hint, kind_hint)
+    except SdnqFormatError:
+        # sdnq before 0.1.3 stored convolutions it was asked to quantize below 4 bits as uint4
+        version = src.config.version
+        bits = src.config.layer(prefix + ".weight").weights_dtype.bits
+        if (version is None or version < (0, 1, 3)) and bits < 4 and kind_hint in (None, "conv", "conv_transpose"):
+            try:
+                qt = _build_layer(src, prefix, dtype, shape_hint, kind_hint, force_type="uint4")
+            except SdnqFormatError:
+                pass
+            else:
+                if len(qt.shape) > 2:
+                    return qt
+        raise
+
+
+def _build_layer(src, prefix: str, dtype: torch.dtype, shape_hint=None, kind_hint=None, force_type=None):
     key = prefix + ".weight"
     file = src.file_of(key)
     keys = set(src.keys())
@@ -209,6 +230,8 @@ def build_layer(src: Source, prefix: str, dtype: torch.dtype, shape_hint=None, k
     qdata = src.get(key)
     kind = kind_hint if kind_hint in KINDS else "linear"
     lcfg = src.config.layer(key, kind)
+    if force_type is not None:
+        lcfg = dataclasses.replace(lcfg, weights_dtype=dtypes.get(force_type))
     t = lcfg.weights_dtype
     n = _code_count(src, key, t, qdata, "weight")
     scale = have["scale"]
@@ -244,7 +267,7 @@ def build_layer(src: Source, prefix: str, dtype: torch.dtype, shape_hint=None, k
         geo = infer_geometry(lcfg, n, scale_shape, out_features=out_features, svd_shapes=svd, shape_hint=shape_hint,
                              kind_hint=kind_hint)
         if geo.kind != kind and geo.kind in ("conv", "conv_transpose"):
-            lcfg = src.config.layer(key, geo.kind)
+            lcfg = dataclasses.replace(src.config.layer(key, geo.kind), weights_dtype=lcfg.weights_dtype)
             geo = infer_geometry(lcfg, n, scale_shape, out_features=out_features, svd_shapes=svd,
                                  shape_hint=shape_hint, kind_hint=kind_hint or geo.kind)
     except SdnqFormatError as exc:

@@ -290,16 +290,17 @@ def infer_geometry(cfg: LayerConfig, n: int, scale_shape: tuple[int, ...] | None
         fits = [c for c in chosen if plan_layer(c[0], c[1], cfg).scale_shape == tuple(scale_shape)]
         chosen = fits or chosen
     kind, shape, view, stored_t = chosen[-1] if len(chosen) > 1 else chosen[0]
-    if out_features is not None and out_features != shape[0]:
-        raise SdnqFormatError(f"bias has {out_features} outputs, the scale {tuple(scale_shape)} implies {shape[0]}")
     if shape_hint is not None:
-        if shape_hint[0] != shape[0]:
+        if shape_hint[0] != shape[0] and kind_hint != "conv_transpose":
             raise SdnqFormatError(f"the model's weight shape {shape_hint} does not match the stored layout "
                                   f"{shape} (scale {tuple(scale_shape)})")
         shape = shape_hint
         kind = kind_hint or ("linear" if len(shape) == 2 else kind)
     if kind_hint is not None:
         kind = kind_hint
+    outputs = shape[1] if kind == "conv_transpose" else shape[0]
+    if out_features is not None and out_features != outputs:
+        raise SdnqFormatError(f"bias has {out_features} outputs, the scale {tuple(scale_shape)} implies {outputs}")
     use_qmm = stored_t or (svd_shapes is not None and _svd_transposed(shape, svd_shapes) is True)
     return _finish(kind, shape, view, stored_t, tuple(scale_shape), cfg, svd_shapes, use_qmm)
 

@@ -211,3 +211,32 @@ def sdnq_tensors(qt) -> dict[str, torch.Tensor]:
     return out
 
 
+
+
+def empty(shape, weights_dtype: str = "int8", *, layer: str = "Linear", device="meta",
+          torch_dtype: torch.dtype = torch.bfloat16, **options):
+    """An SDNQ QuantizedTensor with sdnq's tensor shapes and dtypes for a weight of
+    `shape` and the given options, contents uninitialized (default on the meta device):
+    for shape-only model building and memory estimates."""
+    kind = layer_kind(layer)
+    cfg = layer_config(weights_dtype, kind=kind, **options)
+    plan = plan_layer(kind, tuple(shape), cfg)
+    t = plan.wtype
+    n = plan.numel
+
+    def new(shape, dtype):
+        return torch.empty(shape, dtype=dtype, device=device)
+
+    codes_shape = t.packed_shape(n) if t.is_packed and t.bits not in (8, 16) else \
+        ((plan.qshape[1], plan.qshape[0]) if plan.transposed else plan.qshape)
+    scale_dtype = torch_dtype if plan.cast_scale else torch.float32
+    up = down = None
+    if plan.svd_rank:
+        su, sd = plan.svd_shapes
+        up, down = new(su, torch_dtype), new(sd, torch_dtype)
+    params = layout.SDNQParams(
+        scale=new(plan.scale_shape, scale_dtype), orig_dtype=torch_dtype, orig_shape=plan.shape,
+        zero_point=new(plan.scale_shape, scale_dtype) if t.is_unsigned and not plan.codebook else None,
+        svd_up=up, svd_down=down, scale_shape=tuple(plan.scale_shape), wtype=t.id, view=plan.view,
+        stored_t=plan.transposed, codebook=plan.codebook, svd_transposed=plan.use_qmm, hadamard=plan.hadamard)
+    return layout.make(new(codes_shape, t.storage_dtype), params)
