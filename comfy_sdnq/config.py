@@ -118,24 +118,15 @@ class QuantConfig:
             raise SdnqFormatError(f"{where(source)}quant_method is {method!r}, expected 'sdnq'")
         values = {}
         for key, (types, default) in _FIELDS.items():
-            value = raw.get(key, default)
-            if isinstance(value, bool) and bool not in types:
-                raise SdnqFormatError(f"{where(source)}quantization_config[{key!r}] must be "
-                                      f"{'/'.join(t.__name__ for t in types)}, got {value!r}")
-            if not isinstance(value, types):
-                raise SdnqFormatError(f"{where(source)}quantization_config[{key!r}] must be "
-                                      f"{'/'.join(t.__name__ for t in types)}, got {type(value).__name__}")
-            values[key] = value
+            values[key] = self._typed(f"quantization_config[{key!r}]", key, raw.get(key, default))
         self.raw = dict(raw)
         self.values = values
-        self.version = parse_version(values["sdnq_version"])
+        try:
+            self.version = parse_version(values["sdnq_version"])
+        except SdnqFormatError as exc:
+            raise SdnqFormatError(f"{where(source)}{exc}") from None
         self.weights_dtype = self._dtype(values["weights_dtype"], "weights_dtype")
-        for key in ("scale_dtype", "zero_point_dtype"):
-            if values[key] not in (None, "none"):
-                self._dtype(values[key], key)
-        if values["quantized_matmul_dtype"] is not None and values["quantized_matmul_dtype"] not in MATMUL_DTYPES:
-            raise SdnqFormatError(f"{where(source)}quantized_matmul_dtype {values['quantized_matmul_dtype']!r} is not "
-                                  f"one of {MATMUL_DTYPES}")
+        self._check_dtypes(values, "quantization_config")
         self.not_use_matmul = self._names("modules_to_not_use_matmul")
         self.not_convert = self._names("modules_to_not_convert")
         self.dtype_dict = {}
@@ -150,13 +141,36 @@ class QuantConfig:
             if not isinstance(k, str) or not isinstance(v, dict):
                 raise SdnqFormatError(f"{where(source)}modules_quant_config must map module names to objects, got "
                                       f"{k!r}: {type(v).__name__}")
+            label = f"modules_quant_config[{k!r}]"
+            self._check_dtypes({f: self._typed(f"{label}[{f!r}]", f, v[f]) for f in _LAYER_KEYS if f in v}, label)
             self.quant_config[k] = v
 
-    def _dtype(self, name, key) -> SdnqType:
+    def _typed(self, label, key, value):
+        """value of field key, type-checked against _FIELDS"""
+        types = _FIELDS[key][0]
+        if isinstance(value, bool) and bool not in types:
+            raise SdnqFormatError(f"{where(self.source)}{label} must be {'/'.join(t.__name__ for t in types)}, "
+                                  f"got {value!r}")
+        if not isinstance(value, types):
+            raise SdnqFormatError(f"{where(self.source)}{label} must be {'/'.join(t.__name__ for t in types)}, "
+                                  f"got {type(value).__name__}")
+        return value
+
+    def _check_dtypes(self, values: dict, label: str):
+        """the type names in values (a config or one modules_quant_config entry) exist"""
+        for key in ("weights_dtype", "scale_dtype", "zero_point_dtype"):
+            if values.get(key) not in (None, "none"):
+                self._dtype(values[key], key, label)
+        mm = values.get("quantized_matmul_dtype")
+        if mm is not None and mm not in MATMUL_DTYPES:
+            raise SdnqFormatError(f"{where(self.source)}{label}['quantized_matmul_dtype'] {mm!r} is not one of "
+                                  f"{MATMUL_DTYPES}")
+
+    def _dtype(self, name, key, label="quantization_config") -> SdnqType:
         try:
             return dtypes.get(name)
         except SdnqFormatError as exc:
-            raise SdnqFormatError(f"{where(self.source)}quantization_config[{key!r}]: {exc}") from None
+            raise SdnqFormatError(f"{where(self.source)}{label}[{key!r}]: {exc}") from None
 
     def _names(self, key) -> list[str]:
         v = self.values[key] or []
@@ -174,7 +188,7 @@ class QuantConfig:
 
     def minimum_dtype(self, weights_dtype: str, param_name: str) -> str:
         """sdnq's get_minimum_dtype: the per-module dtype from modules_dtype_dict"""
-        base = dtypes.get(weights_dtype)
+        base = self._dtype(weights_dtype, f"weights_dtype of {param_name}")
         for key, names in self.dtype_dict.items():
             if match_module(param_name, names) is None:
                 continue
@@ -235,3 +249,4 @@ def layer_config(weights_dtype: str = "int8", kind: str = "linear", **kwargs) ->
     return cfg.layer("weight", kind)
 
 
+OPTION_NAMES = tuple(_FIELDS)  # every sdnq quantization option comfy_sdnq knows

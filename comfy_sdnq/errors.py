@@ -22,3 +22,7 @@ def where(file: str | None = None, key: str | None = None) -> str:
     if key:
         parts.append(f"key {key!r}")
     return (", ".join(parts) + ": ") if parts else ""
+
+
+class SdnqWriteError(SdnqError, OSError):
+    """Writing a model failed (disk full, no permission); nothing partial is left behind."""

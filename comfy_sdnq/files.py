@@ -23,9 +23,9 @@ import torch
 
 from . import dtypes, layout
 from .config import QuantConfig
-from .errors import SdnqError, SdnqFormatError, SdnqUnsupportedError, where
+from .errors import SdnqError, SdnqFormatError, SdnqUnsupportedError, SdnqWriteError, where
 from .format import KINDS, infer_geometry
-from .safetensors_io import SafetensorsFile, load_json, write
+from .safetensors_io import ST_NAMES, SafetensorsFile, commit, discard, load_json, write, write_temp
 
 CONFIG_KEY = "sdnq_config"
 SIDE_KEYS = ("scale", "zero_point", "svd_up", "svd_down", "scale_2", "scale_zero_point", "zero_point_scale",
@@ -106,7 +106,9 @@ class Source:
                 raise SdnqFormatError(f"{ipath}: weight_map must map keys to shard file names")
             names = sorted(set(wmap.values()))
             for n in names:
-                if os.path.basename(n) != n or not os.path.isfile(os.path.join(path, n)):
+                if os.path.basename(n) != n or n in ("", ".", "..") or "\0" in n:
+                    raise SdnqFormatError(f"{ipath}: shard {n!r} is not a file name in {path}")
+                if not os.path.isfile(os.path.join(path, n)):
                     raise SdnqFormatError(f"{ipath}: shard {n!r} is missing from {path}")
         else:
             names = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
@@ -164,7 +166,8 @@ class TensorSource:
 def config_from_metadata(text: str, path: str):
     """(QuantConfig, compute dtype or None, model config or None) from the JSON of
     __metadata__['sdnq_config']: {"quantization_config": ..., "torch_dtype": ...} or a bare config"""
-    meta = load_json(text.encode("utf-8"), f"{path}: __metadata__[{CONFIG_KEY!r}]")
+    # a JSON string may hold lone surrogates ("\udc80"): they fail as non-UTF-8, not as an encode error
+    meta = load_json(text.encode("utf-8", "surrogatepass"), f"{path}: __metadata__[{CONFIG_KEY!r}]")
     if not isinstance(meta, dict):
         raise SdnqFormatError(f"{path}: __metadata__[{CONFIG_KEY!r}] must be a JSON object")
     raw = meta if "quant_method" in meta else meta.get("quantization_config")
@@ -260,6 +263,7 @@ def _build_layer(src, prefix: str, dtype: torch.dtype, shape_hint=None, kind_hin
             _check_arith(src, f"{prefix}.{s}", have[s], s)
             if have[s].dim() != 2:
                 raise SdnqFormatError(f"{where(file, prefix + '.' + s)}must be 2-D, got {tuple(have[s].shape)}")
+            _check_finite(src, f"{prefix}.{s}", have[s])
         svd = (tuple(have["svd_up"].shape), tuple(have["svd_down"].shape))
     bias_key = prefix + ".bias"
     out_features = src.shape_of(bias_key)[0] if bias_key in keys and len(src.shape_of(bias_key)) == 1 else None
@@ -274,6 +278,13 @@ def _build_layer(src, prefix: str, dtype: torch.dtype, shape_hint=None, kind_hin
         raise SdnqFormatError(f"{where(file, key)}weight {t.name} {tuple(qdata.shape)}, scale "
                               f"{tuple(scale.shape)}: {exc}") from None
     groups = math.prod(geo.scale_shape)
+    if not t.is_packed and scale_shape is not None and groups != (t.levels if lcfg.use_codebook else 1):
+        # unpacked codes keep sdnq's shape, and the scale is that shape with the reduction axis cut to 1
+        # (or to the codebook levels): a scale reshaped to fit another layout shows here
+        q = tuple(qdata.shape)
+        if len(q) != len(scale_shape) or sum(a != b for a, b in zip(q, scale_shape)) > 1:
+            raise SdnqFormatError(f"{where(file, key)}weight {t.name} {q} does not match scale {scale_shape}: the "
+                                  f"scale must have the codes' shape with the reduction axis cut to 1")
     if st is not None and scale_shape is None:
         if st.numel_from_storage(scale.numel()) != groups:
             raise SdnqFormatError(f"{where(file, skey)}packed {st.name} scale {tuple(scale.shape)} does not hold the "
@@ -403,24 +414,24 @@ def load_config(path) -> QuantConfig:
 # saving
 
 
-def _expand(state_dict: dict, qcfg: QuantConfig, raw_cfg: dict) -> dict[str, torch.Tensor]:
+def _expand(state_dict: dict, qcfg: QuantConfig, raw_cfg: dict, path: str = "") -> dict[str, torch.Tensor]:
     """SDNQ tensors -> sdnq's keys; records per-layer weight types the config would not derive"""
     tensors = {}
     dtype_dict = raw_cfg.setdefault("modules_dtype_dict", {}) or {}
     raw_cfg["modules_dtype_dict"] = dtype_dict
     for key, t in state_dict.items():
         if not isinstance(t, torch.Tensor):
-            raise SdnqError(f"state_dict[{key!r}] is a {type(t).__name__}, not a tensor")
+            raise SdnqError(f"{where(path)}state_dict[{key!r}] is a {type(t).__name__}, not a tensor")
         if not layout.is_sdnq(t):
             if type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
-                raise SdnqUnsupportedError(f"state_dict[{key!r}]: cannot save a {type(t).__name__}")
+                raise SdnqUnsupportedError(f"{where(path)}state_dict[{key!r}]: cannot save a {type(t).__name__}")
             tensors[key] = t
             continue
         if not key.endswith(".weight"):
-            raise SdnqError(f"state_dict[{key!r}]: SDNQ tensors must be stored under '<module>.weight'")
+            raise SdnqError(f"{where(path)}state_dict[{key!r}]: SDNQ tensors must be stored under '<module>.weight'")
         p = t.params
         if p.logical_t:
-            raise SdnqError(f"state_dict[{key!r}]: a transposed view of an SDNQ weight cannot be saved")
+            raise SdnqError(f"{where(path)}state_dict[{key!r}]: a transposed view of an SDNQ weight cannot be saved")
         prefix = key[: -len(".weight")]
         name = dtypes.get(p.wtype).name
         if qcfg.layer(key).weights_dtype.id != p.wtype:
@@ -428,7 +439,45 @@ def _expand(state_dict: dict, qcfg: QuantConfig, raw_cfg: dict) -> dict[str, tor
         tensors[key] = t._qdata
         for f in p._tensor_fields():
             tensors[f"{prefix}.{f}"] = getattr(p, f)
+    for key, t in tensors.items():  # before anything is written
+        if t.dtype not in ST_NAMES:
+            raise SdnqFormatError(f"{where(path, key)}dtype {t.dtype} cannot be stored in safetensors")
+        if t.device.type == "meta":
+            raise SdnqError(f"{where(path, key)}a meta tensor has no data to save")
     return tensors
+
+
+# the SDNQParams a file must reproduce for load() to give back the saved weight
+_LAYOUT_FIELDS = ("orig_shape", "wtype", "view", "scale_shape", "stored_t", "codebook", "svd_transposed", "hadamard",
+                  "hadamard_h4", "scale_type", "zero_point_type", "codebook_scale")
+
+
+def _check_reloads(sd: dict, tensors: dict, raw_cfg: dict, path: str) -> None:
+    """load() must read the saved tensors back as the same layers: a config that does not
+    describe a layer (its Hadamard rotation, codebook or double-quantized scale, say) would
+    otherwise write a file that loads as other weights, or not at all"""
+    shapes = {k: tuple(t.params.orig_shape) for k, t in sd.items() if layout.is_sdnq(t)}
+    try:
+        back = state_dict(TensorSource(tensors, QuantConfig(raw_cfg, path), path), shapes=shapes)
+    except SdnqFormatError as exc:
+        raise SdnqFormatError(f"{exc}; load() would not read this back with this quantization_config") from None
+    for key in shapes:
+        want, got = sd[key].params, back[key].params
+        for f in _LAYOUT_FIELDS:
+            a, b = getattr(want, f), getattr(got, f)
+            if isinstance(a, (tuple, list)):  # shapes: torch.Size, tuple or list alike
+                a, b = tuple(a), tuple(b)
+            if a != b:
+                raise SdnqError(f"{where(path, key)}the quantization_config would load this layer with {f} {b!r}, "
+                                f"it has {a!r}; give the config the layer's settings (e.g. in modules_quant_config)")
+
+
+def _json_copy(obj, what: str, path: str):
+    """a private, JSON-clean copy of obj"""
+    try:
+        return json.loads(json.dumps(obj))
+    except (TypeError, ValueError) as exc:
+        raise SdnqError(f"{where(path)}{what} is not JSON: {exc}") from None
 
 
 def _dtype_name(state_dict) -> str:
@@ -444,24 +493,34 @@ def save(state_dict: dict, path, quantization_config: dict | QuantConfig, model_
 
     path ending in .safetensors: one file, config in __metadata__['sdnq_config'];
     otherwise a folder: weights (sharded above max_shard_size bytes), config.json
-    (model_config + quantization_config) and quantization_config.json."""
+    (model_config + quantization_config) and quantization_config.json.
+
+    Everything is checked before anything is written; weights go to temporary files that
+    replace the old ones only once all are written, so a failure leaves the old model."""
     path = os.fspath(path)
+    if not isinstance(quantization_config, (dict, QuantConfig)):
+        raise SdnqError(f"{path}: quantization_config must be a dict, got {type(quantization_config).__name__}")
+    if not isinstance(state_dict, dict):
+        raise SdnqError(f"{path}: state_dict must be a dict, got {type(state_dict).__name__}")
     raw = dict(quantization_config.raw if isinstance(quantization_config, QuantConfig) else quantization_config)
     raw.setdefault("quant_method", "sdnq")
     raw.setdefault("sdnq_version", SDNQ_VERSION)
-    qcfg = QuantConfig(raw, "quantization_config")
-    raw = json.loads(json.dumps(raw))  # a private, JSON-clean copy
-    tensors = _expand(state_dict, qcfg, raw)
-    QuantConfig(raw, "quantization_config")  # still valid after recording per-layer types
+    qcfg = QuantConfig(raw, path)
+    raw = _json_copy(raw, "quantization_config", path)
+    tensors = _expand(state_dict, qcfg, raw, path)
+    _check_reloads(state_dict, tensors, raw, path)  # also: still valid after recording per-layer types
     torch_dtype = _dtype_name(state_dict)
+    if model_config is not None and not isinstance(model_config, dict):
+        raise SdnqError(f"{path}: model_config must be a dict, got {type(model_config).__name__}")
+    model_config = None if model_config is None else _json_copy(model_config, "model_config", path)
     if path.endswith(".safetensors"):
         meta = {"quantization_config": raw, "torch_dtype": torch_dtype}
         if model_config is not None:
             meta["model_config"] = model_config
         write(path, tensors, {CONFIG_KEY: json.dumps(meta)})
         return
-    os.makedirs(path, exist_ok=True)
-    stem = "diffusion_pytorch_model" if isinstance(model_config, dict) and "_class_name" in model_config else "model"
+    cfg = dict(model_config or {})
+    stem = "diffusion_pytorch_model" if "_class_name" in cfg else "model"
     shards, cur, size = [], {}, 0
     for k, t in tensors.items():
         nb = t.numel() * t.element_size()
@@ -473,17 +532,28 @@ def save(state_dict: dict, path, quantization_config: dict | QuantConfig, model_
     shards.append(cur)
     names = [f"{stem}.safetensors"] if len(shards) == 1 else \
         [f"{stem}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise SdnqWriteError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+    temps = []
+    try:
+        for name, shard in zip(names, shards):
+            temps.append(write_temp(os.path.join(path, name), shard))
+    except BaseException:
+        for tmp in temps:
+            discard(tmp)
+        raise
     for old in os.listdir(path):
         if re.fullmatch(re.escape(stem) + r"(-\d{5}-of-\d{5})?\.safetensors(\.index\.json)?", old) and \
                 old not in names:
             os.unlink(os.path.join(path, old))
-    for name, shard in zip(names, shards):
-        write(os.path.join(path, name), shard)
+    for name, tmp in zip(names, temps):
+        commit(tmp, os.path.join(path, name))
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
                  "weight_map": {k: n for n, s in zip(names, shards) for k in s}}
         _write_json(os.path.join(path, f"{stem}.safetensors.index.json"), index)
-    cfg = dict(model_config or {})
     cfg["quantization_config"] = raw
     cfg.setdefault("torch_dtype", torch_dtype)
     _write_json(os.path.join(path, "config.json"), cfg)
@@ -492,6 +562,10 @@ def save(state_dict: dict, path, quantization_config: dict | QuantConfig, model_
 
 def _write_json(path: str, obj) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        discard(tmp)
+        raise SdnqWriteError(f"{path}: cannot write: {exc.strerror or exc}") from exc

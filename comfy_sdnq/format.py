@@ -254,7 +254,15 @@ def infer_geometry(cfg: LayerConfig, n: int, scale_shape: tuple[int, ...] | None
     levels = cfg.weights_dtype.levels if cfg.use_codebook else 1
     kind_hint = kind_hint if kind_hint in KINDS else None
     if shape_hint is not None:
-        shape_hint = tuple(int(x) for x in shape_hint)
+        try:
+            shape_hint = tuple(int(x) for x in shape_hint)
+        except (TypeError, ValueError):
+            raise SdnqFormatError(f"the model's weight shape {shape_hint!r} is not a list of integers") from None
+        rank_ok = {"linear": len(shape_hint) == 2, "conv": len(shape_hint) >= 3,
+                   "conv_transpose": len(shape_hint) >= 3}.get(kind_hint, len(shape_hint) >= 1)
+        if not rank_ok or not all(d > 0 for d in shape_hint):
+            raise SdnqFormatError(f"the model's weight shape {shape_hint} does not fit a {kind_hint or 'layer'} "
+                                  f"weight")
         if math.prod(shape_hint) != n:
             raise SdnqFormatError(f"the model's weight shape {shape_hint} holds {math.prod(shape_hint)} elements, "
                                   f"the stored codes {n}")

@@ -17,7 +17,7 @@ import tempfile
 
 import torch
 
-from .errors import SdnqFormatError
+from .errors import SdnqFormatError, SdnqWriteError
 
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
 
@@ -32,14 +32,27 @@ if hasattr(torch, "float8_e8m0fnu"):
 ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
 
 
+def _unique_keys(pairs):
+    """object_pairs_hook: a key given twice is ambiguous (which one would a reader take?)"""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise SdnqFormatError(f"key {dup!r} appears more than once")
+    return obj
+
+
 def load_json(text: bytes, what: str):
-    """parse JSON bytes; malformed, non-UTF-8 or too deeply nested input raises SdnqFormatError"""
+    """parse JSON bytes; malformed, non-UTF-8, too deeply nested input or a key given twice
+    in one object raises SdnqFormatError"""
     try:
-        return json.loads(text.decode("utf-8"))
+        return json.loads(text.decode("utf-8"), object_pairs_hook=_unique_keys)
     except UnicodeDecodeError as exc:
         raise SdnqFormatError(f"{what} is not UTF-8 ({exc.reason} at byte {exc.start})") from None
     except RecursionError:
         raise SdnqFormatError(f"{what} is nested too deeply") from None
+    except SdnqFormatError as exc:
+        raise SdnqFormatError(f"{what}: {exc}") from None
     except ValueError as exc:
         raise SdnqFormatError(f"{what} is not valid JSON: {exc}") from None
 
@@ -80,11 +93,13 @@ class SafetensorsFile:
             if not isinstance(info, dict):
                 raise SdnqFormatError(f"{where}: entry must be an object")
             dt, shape, offs = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-            if dt not in ST_DTYPES:
+            if not isinstance(dt, str) or dt not in ST_DTYPES:
                 raise SdnqFormatError(f"{where}: unknown dtype {dt!r} (expected one of {sorted(ST_DTYPES)})")
             if (not isinstance(shape, list) or len(shape) > 16
                     or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**48 for d in shape)):
                 raise SdnqFormatError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+            if math.prod(max(d, 1) for d in shape) >= 2**62:  # torch's strides would overflow, even when empty
+                raise SdnqFormatError(f"{where}: shape {shape} is too large (its strides overflow 64 bits)")
             if (not isinstance(offs, list) or len(offs) != 2
                     or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
                 raise SdnqFormatError(f"{where}: data_offsets {offs!r} must be [begin, end]")
@@ -129,6 +144,13 @@ class SafetensorsFile:
 
 def write(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Write tensors as safetensors, one tensor in memory at a time; atomic (temp + rename)."""
+    commit(write_temp(path, tensors, metadata), path)
+
+
+def write_temp(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> str:
+    """write() up to the rename: the tensors go to a temporary file next to path, whose
+    name is returned for commit(). A failure removes the temporary file; OS errors
+    (missing folder, full disk) raise SdnqWriteError naming path."""
     header, offset, order = {}, 0, []
     for key, t in tensors.items():
         if t.dtype not in ST_NAMES:
@@ -142,7 +164,10 @@ def write(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] 
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
+    except OSError as exc:
+        raise SdnqWriteError(f"{path}: cannot write: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))
@@ -153,10 +178,25 @@ def write(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] 
                     f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    except BaseException as exc:
+        discard(tmp)
+        if isinstance(exc, OSError):
+            raise SdnqWriteError(f"{path}: cannot write: {exc.strerror or exc}") from exc
         raise
+    return tmp
+
+
+def commit(tmp: str, path: str) -> None:
+    """move a write_temp() file into place"""
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        discard(tmp)
+        raise SdnqWriteError(f"{path}: cannot write: {exc.strerror or exc}") from exc
+
+
+def discard(tmp: str) -> None:
+    try:
+        os.unlink(tmp)
+    except OSError:
+        pass
