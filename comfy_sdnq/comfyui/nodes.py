@@ -12,7 +12,7 @@ import folder_paths
 
 from .. import files
 from ..errors import SdnqFormatError
-from . import hooks
+from . import hooks, offload, quantize_nodes
 
 log = logging.getLogger("comfy_sdnq")
 
@@ -137,5 +137,6 @@ def _reload_model(root, part, disable_dynamic=False):
     return comfy.sd.load_diffusion_model_state_dict(sd, model_options={}, disable_dynamic=disable_dynamic)
 
 
-NODE_CLASS_MAPPINGS = {"SDNQLoadDiffusers": SDNQLoadDiffusers}
+NODE_CLASS_MAPPINGS = {"SDNQLoadDiffusers": SDNQLoadDiffusers, **quantize_nodes.NODE_CLASS_MAPPINGS,
+                       **offload.NODE_CLASS_MAPPINGS}
 NODE_DISPLAY_NAME_MAPPINGS = {k: v.TITLE for k, v in NODE_CLASS_MAPPINGS.items()}
