@@ -15,14 +15,14 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "load": "files", "save": "files", "load_config": "files",
-    "quantize": "quantize", "sdnq_tensors": "quantize", "convert": "converter",
+    "quantize": "quantizer", "sdnq_tensors": "quantizer", "convert": "converter",
     "is_sdnq": "layout", "SDNQParams": "layout", "SDNQLayout": "layout",
     "backend": "kernels",
     "SdnqError": "errors", "SdnqFormatError": "errors", "SdnqUnsupportedError": "errors",
 }
 
 
-_SUBMODULES = ("standalone", "offload", "converter", "files", "layout", "kernels", "ops", "dtypes", "cli")
+_SUBMODULES = ("standalone", "offload", "converter", "quantizer", "files", "layout", "kernels", "ops", "dtypes", "cli")
 
 
 def __getattr__(name):

@@ -39,7 +39,7 @@ from .config import OPTION_NAMES, QuantConfig, match_module
 from .errors import SdnqError, SdnqFormatError, SdnqUnsupportedError
 from .files import CONFIG_KEY, SDNQ_VERSION, _read_json
 from .format import plan_layer
-from .quantize import quantize_plan
+from .quantizer import quantize_plan
 from .safetensors_io import SafetensorsFile
 from .stream_writer import StreamWriter
 

@@ -386,7 +386,12 @@ def state_dict(src, dtype: torch.dtype | None = None, *, shapes: dict | None = N
         if k.endswith(".scale"):
             p = k[: -len(".scale")]
             if p + ".weight" not in keyset:
-                raise SdnqFormatError(f"{where(src.file_of(k), k)}scale without {p}.weight")
+                # a model's own parameter named 'scale' (FLUX.1's QK-norm '...query_norm.scale'
+                # in ComfyUI's layout) is a plain tensor; with SDNQ side tensors beside it, the
+                # layer's codes are missing
+                if any(f"{p}.{s}" in keyset for s in SIDE_KEYS[1:]):
+                    raise SdnqFormatError(f"{where(src.file_of(k), k)}scale without {p}.weight")
+                continue
             prefixes.append(p)
     out, consumed = {}, set()
     for p in prefixes:

@@ -141,7 +141,7 @@ class SDNQLayout(QuantizedLayout):
 
     @classmethod
     def quantize(cls, tensor: torch.Tensor, **kwargs):
-        from .quantize import quantize_layout  # quantize imports this module
+        from .quantizer import quantize_layout  # quantize imports this module
 
         return quantize_layout(tensor, **kwargs)
 

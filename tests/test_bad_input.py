@@ -26,8 +26,6 @@ import comfy_sdnq
 from comfy_sdnq import files, layout, safetensors_io
 from comfy_sdnq.errors import SdnqError, SdnqFormatError, SdnqUnsupportedError
 
-# through the package's lazy exports: `from comfy_sdnq.quantize import ...` would leave the
-# submodule, not the function, as comfy_sdnq.quantize for the tests that run after these
 quantize, sdnq_tensors = comfy_sdnq.quantize, comfy_sdnq.sdnq_tensors
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -518,7 +516,7 @@ CONTENT_CASES = [
      ["shape (2,), expected 1 value(s)"]),
     ("double-quantized-scale-dtype", I6_DQ, lambda: _with(i6_dq(), x__scale=i6_dq()["x.scale"].float()), "x.scale",
      ["scale of type int8 must be stored as torch.int8"]),
-    ("scale-without-weight", I8, lambda: {"x.scale": torch.ones(64, 1)}, "x.scale", ["scale without x.weight"]),
+    ("scale-without-weight", U4, lambda: _drop(u4(), "x.weight"), "x.scale", ["scale without x.weight"]),
     ("zero-point-without-scale", U4, lambda: _drop(u4(), "x.scale"), "x.zero_point",
      ["side tensor without x.scale"]),
     ("svd-without-scale", U4_SVD, lambda: {"x.weight": u4_svd()["x.weight"], "x.svd_up": u4_svd()["x.svd_up"]},
@@ -926,7 +924,7 @@ SAVE_WORKER = r"""
 import os, sys, signal, resource, json
 sys.path.insert(0, {root!r})
 import torch, comfy_sdnq
-from comfy_sdnq.quantize import quantize
+from comfy_sdnq.quantizer import quantize
 from comfy_sdnq.errors import SdnqError
 torch.manual_seed(1)
 # a small layer, then a big one: with shards the first shard fits the limit, the second does not

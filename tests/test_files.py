@@ -232,3 +232,15 @@ def test_load_rejects_non_sdnq_and_folders_without_config(tmp_path):
     json.dump({"_class_name": "FluxPipeline"}, open(tmp_path / "pipe" / "model_index.json", "w"))
     with pytest.raises(SdnqFormatError, match="pipeline folder.*transformer"):
         comfy_sdnq.load(tmp_path / "pipe")
+
+
+def test_plain_scale_parameters_stay_plain(tmp_path):
+    """FLUX.1's QK-norm weights are named '...query_norm.scale' in ComfyUI's layout: a
+    '<module>.scale' with no '<module>.weight' and no SDNQ side tensors is a plain tensor"""
+    qt = comfy_sdnq.quantize(torch.randn(64, 128, dtype=torch.bfloat16), "uint4")
+    norm = torch.rand(128, dtype=torch.bfloat16)
+    sd = {"img_attn.qkv.weight": qt, "img_attn.norm.query_norm.scale": norm}
+    comfy_sdnq.save(sd, tmp_path / "m.safetensors", {"weights_dtype": "uint4"})
+    back = comfy_sdnq.load(tmp_path / "m.safetensors")
+    assert torch.equal(back["img_attn.norm.query_norm.scale"], norm)
+    assert torch.equal(back["img_attn.qkv.weight"].dequantize(), qt.dequantize())

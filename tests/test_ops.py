@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from comfy_sdnq import layout, ops
-from comfy_sdnq.quantize import quantize
+from comfy_sdnq.quantizer import quantize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

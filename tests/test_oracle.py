@@ -25,7 +25,7 @@ import torch
 from helpers import assert_bits_equal
 
 from comfy_sdnq import dtypes, files
-from comfy_sdnq.quantize import quantize, sdnq_tensors
+from comfy_sdnq.quantizer import quantize, sdnq_tensors
 
 SHAPES = {"Linear": (64, 384), "Conv2d": (32, 48, 3, 3)}
 
