@@ -56,7 +56,7 @@ def load_diffusion_model_state_dict(sd, model_options={}, metadata=None, disable
     if unprefixed:
         sd = unprefixed
     if comfy.model_detection.model_config_from_unet(sd, "", metadata=metadata) is None:
-        converted = convert.diffusers_to_comfy(sd)
+        converted = convert.diffusers_to_comfy(sd, metadata=metadata)
         if converted is not None:
             sd = converted
     model = original(sd, model_options=_ops(model_options), metadata=metadata, disable_dynamic=disable_dynamic)
@@ -88,6 +88,8 @@ def load_text_encoder_state_dicts(state_dicts=[], embedding_directory=None, clip
     if not any(convert.has_sdnq(sd) for sd in state_dicts):
         return original(state_dicts, embedding_directory=embedding_directory, clip_type=clip_type,
                         model_options=model_options, disable_dynamic=disable_dynamic)
+    # transformers layouts ComfyUI's detection does not know (the FLUX.2 Mistral encoder as saved)
+    state_dicts = [convert.text_encoder_to_comfy(sd) if convert.has_sdnq(sd) else sd for sd in state_dicts]
     clip = original(state_dicts, embedding_directory=embedding_directory, clip_type=clip_type,
                     model_options=_ops(model_options), disable_dynamic=disable_dynamic)
     patcher.adopt(clip.patcher)
