@@ -90,3 +90,45 @@ def test_clone_keeps_sdnq_patcher_class(flux):
     assert isinstance(model.clone(), SDNQModelPatcher)
     assert model.cached_patcher_init is not None  # set by the stock loader: reloadable for delegates
     assert model.clone().model is model.model
+
+
+def test_lora_svd_fast_path_equals_slow_path(flux, monkeypatch):
+    """LoRAs on SDNQ layers with an SVD branch ride in the SVD factors (no per-step weight
+    work). Checked on a patched layer against W x + s*up(down x) in float64, with W x the
+    layer without the LoRA: the fast path matches it to float32 rounding; the per-step path
+    dequantizes the weight as sdnq does (W + up@down rounded to the factors' bf16, 2^-9
+    relative per element) before adding the LoRA, so it matches to that rounding only."""
+    import safetensors.torch
+
+    import comfy_models as cm
+    import nodes
+
+    from comfy_sdnq import layout
+    from comfy_sdnq.comfyui.ops import SDNQOps
+
+    path = os.path.join(flux["tmp"], "loras", "fast-lora.safetensors")
+    name = _lora(path, LORA_TARGETS, seed=5)
+    lora = nodes.LoraLoaderModelOnly().load_lora_model_only(cm.load_unet("flux-sdnq.safetensors"), name, 0.8)[0]
+    lora.load(torch.device("cpu"), lowvram_model_memory=0, full_load=True)
+    layer = lora.model.diffusion_model.double_blocks[0].img_mlp[0]
+    assert layout.is_sdnq(layer.weight) and layer.weight.params.svd_up is not None and layer.weight_function
+    x = torch.randn(2, 7, 3072, generator=torch.Generator().manual_seed(0)).to(layer.weight.dtype)
+    before = SDNQOps.Linear.lora_svd_calls
+    with torch.no_grad():
+        fast = layer(x)
+        assert SDNQOps.Linear.lora_svd_calls == before + 1
+        monkeypatch.setenv("COMFY_SDNQ_LORA_SVD", "0")
+        slow = layer(x)
+        assert SDNQOps.Linear.lora_svd_calls == before + 1
+        plain = torch.nn.functional.linear(x, layer.weight, layer.bias)  # the op, no LoRA
+    f = safetensors.torch.load_file(path)
+    base = "diffusion_model.double_blocks.0.img_mlp.0"
+    up, down = f[base + ".lora_up.weight"].double(), f[base + ".lora_down.weight"].double()
+    scale = 0.8 * float(f[base + ".alpha"]) / down.shape[0]
+    ref = plain.double() + scale * (x.double() @ down.t()) @ up.t()
+    err_fast, err_slow = cm.rel(fast, ref), cm.rel(slow, ref)
+    effect = cm.rel(plain, ref)
+    print(f"\nLoRA on an SDNQ+SVD layer vs float64: fast path {err_fast:.1e}, per-step path {err_slow:.1e} "
+          f"(LoRA effect {effect:.1e})")
+    assert err_fast < 1e-5 and err_slow < 4e-3 and effect > 100 * err_fast
+    lora.unpatch_model()
