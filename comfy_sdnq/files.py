@@ -206,8 +206,54 @@ def _code_count(src: Source, key: str, t: dtypes.SdnqType, x: torch.Tensor, what
     return n
 
 
+def _legacy_floats(qt, file: str, key: str):
+    """sdnq before 0.2.2 had no subnormals: its decoder read a custom-float code with
+    exponent field 0 and mantissa M > 0 as +-2^-bias * (1 + M/2^m), half the smallest
+    normal times 1 + M/2^m. Each of those values, and every other code's, is exact in
+    the same float family with one more mantissa bit (a subnormal there), so the layer is
+    re-coded once at load into that wider type: same scales, same products, the old
+    release's bits. (The codes are then no longer the file's bytes.)"""
+    from . import kernels, reference
+
+    p = qt.params
+    t = p.weight_type
+    if t.family not in ("FLOATX", "UFLOATX") or t.mantissa == 0 or t.exponent == 0:
+        return qt
+    name = f"float{t.bits + 1}_e{t.exponent}m{t.mantissa + 1}fn" + ("u" if t.family == "UFLOATX" else "")
+    try:
+        wide = dtypes.get(name)
+    except SdnqFormatError:
+        raise SdnqUnsupportedError(f"{where(file, key)}{t.name} written by sdnq < 0.2.2 decodes exponent-0 codes "
+                                   f"without subnormals; re-coding it needs {name}, which does not exist") from None
+    bias = (1 << (t.exponent - 1)) - 1
+    min_normal = 2.0 ** (1 - bias)
+    vals = reference.floatx_decode(t, torch.arange(1 << t.bits, dtype=torch.int32)).double()
+    sub = (vals != 0) & (vals.abs() < min_normal)
+    frac = vals.abs() / min_normal  # M / 2^m of the subnormal reading
+    old = torch.where(sub, vals.sign() * (min_normal / 2) * (1 + frac), vals)
+    wide_vals = reference.floatx_decode(wide, torch.arange(1 << wide.bits, dtype=torch.int32)).double()
+    table = {}
+    for code in range(len(wide_vals) - 1, -1, -1):  # the lowest code wins: +0 over -0
+        table[float(wide_vals[code])] = code
+    lut = torch.tensor([table[float(v)] for v in old], dtype=torch.int32)
+    n = math.prod(p.orig_shape)
+    codes = lut[kernels.unpack(t, qt._qdata.contiguous(), n).long()]
+    words = kernels.pack(wide, codes)
+    if wide.bits in (8, 16):
+        words = words.reshape(tuple(p.view))
+    return layout.make(words, dataclasses.replace(p, wtype=wide.id))
+
+
 def build_layer(src: Source, prefix: str, dtype: torch.dtype, shape_hint=None, kind_hint=None):
     """the SDNQ QuantizedTensor of the layer whose keys start with prefix"""
+    version = src.config.version
+    if version is not None and version < (0, 2, 2):
+        qt = _build_layer_versions(src, prefix, dtype, shape_hint, kind_hint)
+        return _legacy_floats(qt, src.file_of(prefix + ".weight"), prefix + ".weight")
+    return _build_layer_versions(src, prefix, dtype, shape_hint, kind_hint)
+
+
+def _build_layer_versions(src: Source, prefix: str, dtype: torch.dtype, shape_hint=None, kind_hint=None):
     try:
         return _build_layer(src, prefix, dtype, shape_hint, kind_hint)
     except SdnqFormatError:

@@ -16,8 +16,8 @@ on GEMM accumulation-order differences (see _tolerance).
 The writer runs once per release for all its cases (one interpreter start, not one per
 case: importing torch+diffusers+sdnq costs seconds), releases in parallel.
 
-Known version quirks comfy_sdnq does not (yet) handle are strict xfails (QUIRK_RULES,
-known_quirk); the reasons state the decode rule a loader needs.
+A version quirk comfy_sdnq did not handle would be a strict xfail (QUIRK_RULES,
+known_quirk; none today); the reasons state the decode rule a loader needs.
 
 The Hadamard version rule (quirk e) is also checked without any old release, by
 rewriting a sdnq-0.2.8 layer's config with an older sdnq_version (test_hadamard_version_rule).
@@ -80,11 +80,11 @@ NO_OLD_REASON = (f"NO OLD sdnq RELEASES under {OLD_BASE}: nothing checks comfy_s
 
 # Version quirks of old releases, each checked bit-exactly against the old release's own dequantization
 # (the rules were verified by decoding the old files with them). known_quirk() lists those comfy_sdnq
-# does not handle yet:
+# does not handle yet (none today; files.py, config.py and format.py handle these):
 #  (d) custom floats, sdnq < 0.2.2 (subnormals came with 7728f46, first released in 0.2.2): the old decoder
 #      reads a code with exponent field E=0 and mantissa M>0 as the extended normal +-2^-bias*(1+M/2^m)
 #      (= +-min_normal/2*(1+M/2^m)); E=0,M=0 is 0. The old encoder emits such codes for
-#      |x|/scale in [min_normal/2*(1+2^-m), min_normal). comfy_sdnq decodes them as subnormals +-min_normal*M/2^m.
+#      |x|/scale in [min_normal/2*(1+2^-m), min_normal). comfy_sdnq re-codes such layers into the type with one more mantissa bit.
 #  (e) Hadamard, sdnq == 0.2.0: the PyPI 0.2.0 wheel (= Disty0/sdnq a32fc95, 2026-06-15) contains b147983
 #      (H4-kron for power-of-4 blocks); comfy_sdnq applies Sylvester for sdnq_version < 0.2.1. Only unreleased
 #      git snapshots labelled 0.2.0 (7b429bb..b147983^, 2026-05-22..06-12) used Sylvester.
@@ -104,10 +104,7 @@ QUIRK_RULES = {
 
 def known_quirk(version: str, case: str) -> str | None:
     """why comfy_sdnq decodes this (version, case) wrongly today (the rule it needs); None if it should pass"""
-    v = _vt(version)
-    quirk = None
-    if case in ("fp5_tiny", "fp4_tiny_svd") and v < (0, 2, 2):
-        quirk = "d"
+    quirk = None  # every quirk found so far is handled
     return None if quirk is None else f"quirk ({quirk}) not handled; rule: {QUIRK_RULES[quirk]}"
 
 
