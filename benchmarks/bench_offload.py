@@ -18,6 +18,8 @@ Rows (all in one process, in this order):
   sdnq layer     offload "layer": blocks streamed compressed, under the VRAM cap
   bf16 resident  the same weights dequantized to bf16, resident (24 GB)
   bf16 accelerate  the bf16 model under accelerate.cpu_offload, under the VRAM cap
+  sdnq accelerate  the SDNQ model under accelerate.cpu_offload (accelerate's hooks moving the
+                   compressed weights per module), under the VRAM cap
 The VRAM cap (torch.cuda.set_per_process_memory_fraction) is below the compressed size
 (default: half of it); the unconstrained rows run without it. Outputs of every row are
 compared with "sdnq none" (model/layer: identical; bf16: the dequantization differs only
@@ -226,7 +228,7 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--accelerate-steps", type=int, default=2)
     ap.add_argument("--prefetch", type=int, default=1, help="blocks copied ahead in layer mode")
-    ap.add_argument("--modes", default="none,model,layer,bf16,accelerate")
+    ap.add_argument("--modes", default="none,model,layer,bf16,accelerate,sdnq-accelerate")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -315,6 +317,19 @@ def main(argv=None):
                 cap(device, cap_bytes)
                 return measure("bf16 accelerate cpu_offload", dense, x, args, device, steps=args.accelerate_steps)
             row("bf16 accelerate cpu_offload", run_accelerate)
+    if "sdnq-accelerate" in modes:  # accelerate's hooks on our compressed model (last: it rewires the model)
+        try:
+            import accelerate
+        except ImportError as exc:
+            errors["sdnq accelerate cpu_offload"] = f"skipped: accelerate not installed ({exc})"
+        else:
+            def run_sdnq_accelerate():
+                offload.move_module(model, "cpu")
+                free(device)
+                accelerate.cpu_offload(model, execution_device=device)
+                cap(device, cap_bytes)
+                return measure("sdnq accelerate cpu_offload", model, x, args, device, steps=args.accelerate_steps)
+            row("sdnq accelerate cpu_offload", run_sdnq_accelerate)
 
     report(args, env, cfg, img, txt, compressed, cap_bytes, results, errors, outputs)
     return 1 if errors and not all(e.startswith("skipped") for e in errors.values()) else 0
@@ -323,7 +338,7 @@ def main(argv=None):
 def report(args, env, cfg, img, txt, compressed, cap_bytes, results, errors, outputs):
     base = results.get("sdnq none", {}).get("step_s")
     ref = outputs.get("sdnq none")
-    capped = {"sdnq layer", "bf16 accelerate cpu_offload"}
+    capped = {"sdnq layer", "bf16 accelerate cpu_offload", "sdnq accelerate cpu_offload"}
     lines = [f"### Offloading: Flux.1-dev-sized transformer ({cfg['num_layers']}+{cfg['num_single_layers']} blocks), "
              f"{img} image + {txt} text tokens, one step",
              "",
@@ -335,7 +350,8 @@ def report(args, env, cfg, img, txt, compressed, cap_bytes, results, errors, out
              "| run | VRAM cap | step (ms) | × sdnq none | first call (ms) | peak VRAM (GiB) | H2D / step (GiB) "
              "| copy wait / step (ms) | rel. diff vs sdnq none |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for key in ("sdnq none", "sdnq model", "sdnq layer", "bf16 resident", "bf16 accelerate cpu_offload"):
+    for key in ("sdnq none", "sdnq model", "sdnq layer", "bf16 resident", "bf16 accelerate cpu_offload",
+                "sdnq accelerate cpu_offload"):
         if key in errors:
             lines.append(f"| {key} | | {errors[key][:80]} | | | | | | |")
             continue
