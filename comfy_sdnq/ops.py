@@ -9,9 +9,26 @@
 `out_shape` the logical weight shape and `flags` a bit set (FLAG_*). scale and
 zero_point come as 3-D [outer|1, 1|levels, inner|1]. Both ops have fake
 (meta) implementations, so torch.compile traces through them and ComfyUI's
-shape-only loading works; the real ones run the C core (or the torch reference).
+shape-only loading works; the real ones run the C core, the CUDA kernels (CUDA
+tensors) or the torch reference.
+
+The linear op on CUDA tensors (linear_cuda) picks one of:
+    "gemv"       M <= 16 tokens: the fused small-M kernel reads the compressed weight once; the
+                 SVD branch runs in its epilogue (a low-rank kernel first, one call)
+    "w8a8_int8"  COMFY_SDNQ_W8A8=int8, int8 weights: per-token int8 activations, cuBLASLt int8
+                 GEMM, scale epilogue
+    "w8a8_fp8"   COMFY_SDNQ_W8A8=fp8, float8_e4m3fn weights: the same in fp8 (scales and bias
+                 applied by cuBLASLt where it can)
+    "w4a8"       COMFY_SDNQ_W4A8=1, 4-bit integer weights: re-quantized per row to int8 on the
+                 fly (dequantize with the SVD folded in, quantize_rows), then as w8a8_int8
+    "dequant"    otherwise: dequantize into a scratch weight (with the SVD correction fused into
+                 the same kernel), then cuBLAS through F.linear
+Where the SVD branch is not folded into a weight (W8A8 with native int8/fp8 weights, matmul-ready
+[in, out] storage) it is added as two small GEMMs, the second accumulating into y.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -69,6 +86,9 @@ def linear_impl(x, codes, scale, zero_point, svd_up, svd_down, bias, wtype, view
     up @ down into the weight, and with Hadamard, the activations rotated instead of the
     weight (H is symmetric and orthonormal). Equal to F.linear on dequantize() up to
     the order of the roundings."""
+    if impl in (None, "fast") and x.is_cuda and kernels.cuda_ready(x, codes, scale):
+        return linear_cuda(x, codes, scale, zero_point, svd_up, svd_down, bias, wtype, view, out_shape, flags,
+                           hadamard)[0]
     if svd_up is None and not hadamard:
         w = dequantize_impl(codes, scale, zero_point, None, None, wtype, view, out_shape, flags, 0, x.dtype, impl)
         return torch.nn.functional.linear(x, w, bias)
@@ -84,6 +104,125 @@ def linear_impl(x, codes, scale, zero_point, svd_up, svd_down, bias, wtype, view
         up, down = (svd_up.t(), svd_down.t()) if flags & FLAG_SVD_TRANSPOSED else (svd_up, svd_down)
         y = y + torch.nn.functional.linear(torch.nn.functional.linear(x, down.to(x.dtype)), up.to(x.dtype))
     return y
+
+
+# ---------------------------------------------------------------------------
+# CUDA
+
+
+PATHS = ("gemv", "dequant", "w8a8_int8", "w8a8_fp8", "w4a8")
+_FP8_FUSED_REFUSED: set = set()  # devices whose cuBLASLt refused outer-vector fp8 scaling
+
+
+def _env_path(t, transposed: bool, codebook: bool) -> str | None:
+    """the opt-in W8A8/W4A8 path the environment asks for this weight type, if any"""
+    mode = os.environ.get("COMFY_SDNQ_W8A8", "").lower()
+    if mode == "int8" and t.name == "int8" and not codebook:
+        return "w8a8_int8"
+    if mode == "fp8" and t.name == "float8_e4m3fn" and not codebook:
+        return "w8a8_fp8"
+    if os.environ.get("COMFY_SDNQ_W4A8", "") not in ("", "0") and t.is_integer and t.bits == 4 and not transposed:
+        return "w4a8"
+    return None
+
+
+def _row_scaled_weight(t, codes, scale, zero_point, view, out_shape, transposed: bool, codebook: bool):
+    """(b, b_kn, b_scale) when the stored codes are a per-output-row scaled int8/fp8 matrix the GEMM
+    takes as they are: [N, K] codes with scale [N] ([K, N] with scale [1, N] for matmul-ready storage)"""
+    if t.name not in ("int8", "float8_e4m3fn") or codebook or zero_point is not None:
+        return None
+    n_out, k_in = out_shape
+    o, r, i = view
+    if not transposed and (o, r, i) == (n_out, k_in, 1) and scale.shape[0] == n_out:
+        return codes.reshape(n_out, k_in), False, scale.reshape(-1)
+    if transposed and (o, r, i) == (1, k_in, n_out) and scale.shape[2] == n_out:
+        return codes.reshape(k_in, n_out), True, scale.reshape(-1)
+    return None
+
+
+def _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path, svd=None):
+    """the W8A8 / W4A8 product, or None where cuBLASLt has no algorithm (the caller dequantizes).
+    svd (up, down): folded into a re-quantized weight, which then includes it; else the caller adds
+    it. Returns (y or None, whether svd was folded)."""
+    transposed, codebook = bool(flags & FLAG_TRANSPOSED), bool(flags & FLAG_CODEBOOK)
+    kind = "fp8" if path == "w8a8_fp8" else "int8"
+    direct = _row_scaled_weight(t, codes, scale, zero_point, view, out_shape, transposed, codebook)
+    folded = False
+    if direct is not None and (t.name == "int8") == (kind == "int8"):
+        b, b_kn, b_scale = direct
+        b = b.view(torch.int8 if kind == "int8" else torch.float8_e4m3fn)
+    else:  # re-quantize the dense weight per output row (W4A8, or a weight the GEMM can't take as is)
+        folded = svd is not None and not transposed
+        w = kernels.dequantize(t, codes, scale, zero_point, tuple(view), tuple(out_shape), x2.dtype,
+                               transposed=transposed, codebook=codebook, svd=svd if folded else None)
+        b, b_scale = kernels.quantize_rows(w, kind)
+        b_kn = False
+    q, xs = kernels.quantize_rows(x2, kind)
+    if kind == "fp8":
+        dev = x2.device.index
+        if dev not in _FP8_FUSED_REFUSED:
+            y = kernels.lt_matmul(q, b, b_kn, x2.dtype, a_scale=xs, b_scale=b_scale.to(torch.float32).contiguous(),
+                                  bias=None if bias is None else bias.to(x2.dtype).contiguous())
+            if y is not None:
+                return y, folded
+            _FP8_FUSED_REFUSED.add(dev)
+        acc = kernels.lt_matmul(q, b, b_kn, torch.float32)
+    else:
+        acc = kernels.lt_matmul(q, b, b_kn, torch.int32)
+    if acc is None:
+        return None, False
+    return kernels.scale_epilogue(acc, xs, b_scale, bias, x2.dtype), folded
+
+
+def linear_cuda(x, codes, scale, zero_point, svd_up, svd_down, bias, wtype, view, out_shape, flags, hadamard,
+                path=None):
+    """linear_impl on CUDA tensors: (y, the path that ran). `path` forces one of PATHS (benchmarks);
+    a forced path that cannot run these inputs falls back to "dequant", and the returned name says so.
+
+    Small M runs the fused kernel with the SVD branch in its epilogue (one call into the
+    extension: a low-rank kernel, then the GEMV). The dequant path folds the SVD branch into
+    the scratch weight (sdnq's dequantizer: W + up @ down, in one fused kernel where the
+    layout allows), so large M pays one GEMM; the W8A8 paths add it to y as two small GEMMs."""
+    t = dtypes.get(int(wtype))
+    n_out, k_in = out_shape
+    transposed, codebook = bool(flags & FLAG_TRANSPOSED), bool(flags & FLAG_CODEBOOK)
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k_in)
+    M = x2.shape[0]
+    if hadamard:  # rotate the activations instead of the weight (H symmetric, orthonormal)
+        x2 = kernels.hadamard_(x2.clone(memory_format=torch.contiguous_format), int(hadamard),
+                               bool(flags & FLAG_HADAMARD_H4))
+    if path is None:
+        path = "gemv" if M <= kernels.GEMV_MAX_M else (_env_path(t, transposed, codebook) or "dequant")
+    elif path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    up = down = None
+    if svd_up is not None:
+        up, down = (svd_up.t(), svd_down.t()) if flags & FLAG_SVD_TRANSPOSED else (svd_up, svd_down)
+    y = None
+    if path == "gemv" and not transposed and not codebook and x.dtype in (torch.bfloat16, torch.float16):
+        y = kernels.gemv(t, codes, scale, zero_point, view, x2, bias, n_out, up, down)
+        if y is not None:
+            return y.reshape(*lead, n_out), path
+    elif path in ("w8a8_int8", "w8a8_fp8", "w4a8") and M > 0:
+        y, folded = _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path,
+                          None if up is None else (up, down))
+        if folded:
+            up = None
+    if y is None:
+        path = "dequant"
+        if transposed:  # dequantize the stored [in, out] layout (coalesced) and let cuBLAS transpose
+            w = kernels.dequantize(t, codes, scale, zero_point, tuple(view), (k_in, n_out), x.dtype,
+                                   codebook=codebook).t()
+        else:  # the SVD branch folded into the weight
+            w = kernels.dequantize(t, codes, scale, zero_point, tuple(view), tuple(out_shape), x.dtype,
+                                   codebook=codebook, svd=None if up is None else (up, down))
+            up = None
+        y = torch.nn.functional.linear(x2, w, bias)
+    if up is not None:  # + (x down^T) up^T: a rank-r GEMM, then one accumulating into y
+        lowrank = torch.nn.functional.linear(x2, down.to(x.dtype))
+        y = y.addmm_(lowrank, up.to(x.dtype).t())
+    return y.reshape(*lead, n_out), path
 
 
 def _register():

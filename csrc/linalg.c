@@ -6,38 +6,22 @@
  * sdnq runs both as torch matmuls, whose accumulation order is unspecified,
  * so these are exact only up to that order: fp32 accumulation, one rounding
  * to the weight dtype. The fast SVD path keeps the reference's order (same
- * bits); the fast Hadamard is a butterfly transform and differs from the
- * reference by summation order only.
+ * bits; register-blocked AVX2 / AVX-512 clones where the CPU has them, see
+ * internal.h); the fast Hadamard is a butterfly transform and differs from
+ * the reference by summation order only.
  */
 #include <math.h>
 #include <stdint.h>
 
+#include "check.h"
 #include "codec.h"
 #include "internal.h"
 
 /* ------------------------------------------------------------------------ */
 /* SVD correction                                                            */
 
-static sdnq_status svd_check(const sdnq_svd_desc *d) {
-    if (d == NULL) return SDNQ_ERR_NULL;
-    if (!sdnq_is_arith_dtype(d->w_dtype) || !sdnq_is_arith_dtype(d->up_dtype) || !sdnq_is_arith_dtype(d->down_dtype))
-        return SDNQ_ERR_DTYPE;
-    if (d->rows < 0 || d->cols < 0 || d->rank < 0 || d->w_numel < 0 || d->up_numel < 0 || d->down_numel < 0)
-        return SDNQ_ERR_SIZE;
-    int64_t n = sdnq_mul64(d->rows, d->cols);
-    if (n < 0) return SDNQ_ERR_OVERFLOW;
-    if (n > d->w_numel) return SDNQ_ERR_RANGE;
-    if (n == 0 || d->rank == 0) return SDNQ_OK;
-    if (d->w == NULL || d->up == NULL || d->down == NULL) return SDNQ_ERR_NULL;
-    int64_t umax = sdnq_max_index3(d->rows, d->up_stride[0], d->rank, d->up_stride[1], 1, 0);
-    int64_t dmax = sdnq_max_index3(d->rank, d->down_stride[0], d->cols, d->down_stride[1], 1, 0);
-    if (umax < 0 || dmax < 0) return SDNQ_ERR_SIZE;
-    if (umax >= d->up_numel || dmax >= d->down_numel) return SDNQ_ERR_RANGE;
-    return SDNQ_OK;
-}
-
 sdnq_status sdnq_svd_add_ref(const sdnq_svd_desc *d) {
-    sdnq_status st = svd_check(d);
+    sdnq_status st = sdnq_svd_check(d);
     if (st != SDNQ_OK || d->rows * d->cols == 0 || d->rank == 0) return st;
     for (int64_t r = 0; r < d->rows; r++)
         for (int64_t c = 0; c < d->cols; c++) {
@@ -53,9 +37,8 @@ sdnq_status sdnq_svd_add_ref(const sdnq_svd_desc *d) {
 
 #define SVD_COLS 512
 
-sdnq_status sdnq_svd_add(const sdnq_svd_desc *d, int32_t nthreads) {
-    sdnq_status st = svd_check(d);
-    if (st != SDNQ_OK || d->rows * d->cols == 0 || d->rank == 0) return st;
+/* baseline: per task one row and SVD_COLS columns, one k at a time (the reference's order per column) */
+static void svd_add_c(const sdnq_svd_desc *d, int32_t nthreads) {
     const int64_t chunks = (d->cols + SVD_COLS - 1) / SVD_COLS;
     const int64_t tasks = d->rows * chunks;
     int64_t task;
@@ -81,25 +64,183 @@ sdnq_status sdnq_svd_add(const sdnq_svd_desc *d, int32_t nthreads) {
         for (int64_t c = 0; c < nc; c++)
             sdnq_store_float(d->w, e0 + c, d->w_dtype, sdnq_load_float(d->w, e0 + c, d->w_dtype) + acc[c]);
     }
+}
+
+#if SDNQ_X86_SIMD
+/*
+ * Blocked kernels (AVX2, AVX-512): a task is SVD_RB rows; their up factors
+ * are converted to fp32 once, then for each block of SVD_CB columns the down
+ * factors are converted (zero past the last column) and tiles of 4 rows x
+ * SVD_CB columns accumulate in registers over k = 0, 1, ... rank-1, each
+ * step acc + up*down rounded like the reference (no fused multiply-add):
+ * the same operations in the same order per element, hence the same bits.
+ */
+#define SVD_RB 32    /* rows per task */
+#define SVD_CB 64    /* columns per block */
+#define SVD_KMAX 128 /* largest rank the blocked kernels take (stack buffers) */
+
+/* up[r0 .. r0+nr) as fp32: upf[i * rank + k] */
+static void svd_load_up(const sdnq_svd_desc *d, int64_t r0, int64_t nr, float *upf) {
+    for (int64_t i = 0; i < nr; i++)
+        for (int64_t k = 0; k < d->rank; k++)
+            upf[i * d->rank + k] =
+                sdnq_load_float(d->up, (r0 + i) * d->up_stride[0] + k * d->up_stride[1], d->up_dtype);
+}
+
+/* down[:, c0 .. c0+nc) as fp32: dn[k * SVD_CB + c], 0 for nc <= c < SVD_CB */
+static void svd_load_down(const sdnq_svd_desc *d, int64_t c0, int64_t nc, float *dn) {
+    const int64_t s0 = d->down_stride[0], s1 = d->down_stride[1];
+    for (int64_t k = 0; k < d->rank; k++) {
+        float *row = dn + k * SVD_CB;
+        const int64_t base = k * s0 + c0 * s1;
+        int64_t c;
+        if (d->down_dtype == SDNQ_DT_F32) {
+            const float *p = (const float *)d->down + base;
+            for (c = 0; c < nc; c++) row[c] = p[c * s1];
+        } else if (d->down_dtype == SDNQ_DT_BF16) {
+            const uint16_t *p = (const uint16_t *)d->down + base;
+            for (c = 0; c < nc; c++) row[c] = sdnq_bf16_to_f32(p[c * s1]);
+        } else {
+            const uint16_t *p = (const uint16_t *)d->down + base;
+            for (c = 0; c < nc; c++) row[c] = sdnq_f16_to_f32(p[c * s1]);
+        }
+        for (; c < SVD_CB; c++) row[c] = 0.0f;
+    }
+}
+
+/* --- AVX-512: 4 rows x 4 vectors of 16 columns ----------------------------- */
+
+SDNQ_TARGET_AVX512 __attribute__((always_inline)) static inline void
+svd_tile_avx512(const sdnq_svd_desc *d, const float *upf, const float *dn, int64_t r, int64_t c0, int64_t nc,
+                const int R) {
+    const int64_t rank = d->rank;
+    const int64_t wsize = sdnq_dtype_size(d->w_dtype);
+    __m512 acc[4][4];
+    /* these rows come back to the next column block after the task's other
+     * rows: fetch it now (one stream per row is more than the prefetchers follow) */
+    if (c0 + 2 * SVD_CB <= d->cols)
+        for (int i = 0; i < R; i++)
+            for (int64_t b = 0; b < SVD_CB * wsize; b += 64)
+                _mm_prefetch((const char *)d->w + ((r + i) * d->cols + c0 + SVD_CB) * wsize + b, _MM_HINT_T0);
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < rank; k++) {
+        const float *dk = dn + k * SVD_CB;
+        const __m512 d0 = _mm512_loadu_ps(dk), d1 = _mm512_loadu_ps(dk + 16);
+        const __m512 d2 = _mm512_loadu_ps(dk + 32), d3 = _mm512_loadu_ps(dk + 48);
+        for (int i = 0; i < R; i++) {
+            const __m512 u = _mm512_set1_ps(upf[i * rank + k]);
+            acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_mul_ps(u, d0));
+            acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_mul_ps(u, d1));
+            acc[i][2] = _mm512_add_ps(acc[i][2], _mm512_mul_ps(u, d2));
+            acc[i][3] = _mm512_add_ps(acc[i][3], _mm512_mul_ps(u, d3));
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < 4; j++) {
+            const __mmask16 m = sdnq_v16_mask(nc - 16 * j);
+            if (!m) break;
+            const int64_t e = (r + i) * d->cols + c0 + 16 * j;
+            const __m512 w = sdnq_v16_load(d->w, e, d->w_dtype, m);
+            sdnq_v16_store(d->w, e, d->w_dtype, _mm512_add_ps(w, acc[i][j]), m);
+        }
+}
+
+SDNQ_TARGET_AVX512 static void svd_rows_avx512(const sdnq_svd_desc *d, int64_t r0, int64_t nr) {
+    float upf[SVD_RB * SVD_KMAX], dn[SVD_KMAX * SVD_CB];
+    svd_load_up(d, r0, nr, upf);
+    for (int64_t c0 = 0; c0 < d->cols; c0 += SVD_CB) {
+        const int64_t nc = d->cols - c0 < SVD_CB ? d->cols - c0 : SVD_CB;
+        if (d->down_stride[1] == 1) {
+            for (int64_t k = 0; k < d->rank; k++)
+                for (int j = 0; j < 4; j++)
+                    _mm512_storeu_ps(dn + k * SVD_CB + 16 * j,
+                                     sdnq_v16_load(d->down, k * d->down_stride[0] + c0 + 16 * j, d->down_dtype,
+                                                   sdnq_v16_mask(nc - 16 * j)));
+        } else {
+            svd_load_down(d, c0, nc, dn);
+        }
+        int64_t i = 0;
+        for (; i + 4 <= nr; i += 4) svd_tile_avx512(d, upf + i * d->rank, dn, r0 + i, c0, nc, 4);
+        for (; i < nr; i++) svd_tile_avx512(d, upf + i * d->rank, dn, r0 + i, c0, nc, 1);
+    }
+}
+
+/* --- AVX2: 4 rows x 2 vectors of 8 columns, four times per block ----------- */
+
+SDNQ_TARGET_AVX2 __attribute__((always_inline)) static inline void
+svd_tile_avx2(const sdnq_svd_desc *d, const float *upf, const float *dn, int64_t r, int64_t c0, int64_t nc,
+              const int R) {
+    const int64_t rank = d->rank;
+    const int64_t wsize = sdnq_dtype_size(d->w_dtype);
+    if (c0 + 2 * SVD_CB <= d->cols) /* as svd_tile_avx512 */
+        for (int i = 0; i < R; i++)
+            for (int64_t b = 0; b < SVD_CB * wsize; b += 64)
+                _mm_prefetch((const char *)d->w + ((r + i) * d->cols + c0 + SVD_CB) * wsize + b, _MM_HINT_T0);
+    for (int64_t cc = 0; cc < nc; cc += 16) {
+        __m256 acc[4][2];
+        for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
+        for (int64_t k = 0; k < rank; k++) {
+            const __m256 d0 = _mm256_loadu_ps(dn + k * SVD_CB + cc), d1 = _mm256_loadu_ps(dn + k * SVD_CB + cc + 8);
+            for (int i = 0; i < R; i++) {
+                const __m256 u = _mm256_broadcast_ss(upf + i * rank + k);
+                acc[i][0] = _mm256_add_ps(acc[i][0], _mm256_mul_ps(u, d0));
+                acc[i][1] = _mm256_add_ps(acc[i][1], _mm256_mul_ps(u, d1));
+            }
+        }
+        for (int i = 0; i < R; i++)
+            for (int j = 0; j < 2; j++) {
+                const int64_t c = cc + 8 * j, e = (r + i) * d->cols + c0 + c;
+                if (c + 8 <= nc) {
+                    sdnq_v8_store(d->w, e, d->w_dtype, _mm256_add_ps(sdnq_v8_load(d->w, e, d->w_dtype), acc[i][j]));
+                } else if (c < nc) {
+                    float a[8];
+                    _mm256_storeu_ps(a, acc[i][j]);
+                    for (int64_t x = 0; x < nc - c; x++)
+                        sdnq_store_float(d->w, e + x, d->w_dtype, sdnq_load_float(d->w, e + x, d->w_dtype) + a[x]);
+                }
+            }
+    }
+}
+
+SDNQ_TARGET_AVX2 static void svd_rows_avx2(const sdnq_svd_desc *d, int64_t r0, int64_t nr) {
+    float upf[SVD_RB * SVD_KMAX], dn[SVD_KMAX * SVD_CB];
+    svd_load_up(d, r0, nr, upf);
+    for (int64_t c0 = 0; c0 < d->cols; c0 += SVD_CB) {
+        const int64_t nc = d->cols - c0 < SVD_CB ? d->cols - c0 : SVD_CB;
+        svd_load_down(d, c0, nc, dn);
+        int64_t i = 0;
+        for (; i + 4 <= nr; i += 4) svd_tile_avx2(d, upf + i * d->rank, dn, r0 + i, c0, nc, 4);
+        for (; i < nr; i++) svd_tile_avx2(d, upf + i * d->rank, dn, r0 + i, c0, nc, 1);
+    }
+}
+#endif /* SDNQ_X86_SIMD */
+
+sdnq_status sdnq_svd_add(const sdnq_svd_desc *d, int32_t nthreads) {
+    sdnq_status st = sdnq_svd_check(d);
+    if (st != SDNQ_OK || d->rows * d->cols == 0 || d->rank == 0) return st;
+#if SDNQ_X86_SIMD
+    const int level = sdnq_cpu_level();
+    if (level >= SDNQ_CPU_AVX2 && d->rank <= SVD_KMAX) {
+        const int64_t tasks = (d->rows + SVD_RB - 1) / SVD_RB;
+        int64_t task;
+#pragma omp parallel for num_threads(sdnq_threads(nthreads, tasks)) schedule(static)
+        for (task = 0; task < tasks; task++) {
+            const int64_t r0 = task * SVD_RB, nr = d->rows - r0 < SVD_RB ? d->rows - r0 : SVD_RB;
+            if (level >= SDNQ_CPU_AVX512)
+                svd_rows_avx512(d, r0, nr);
+            else
+                svd_rows_avx2(d, r0, nr);
+        }
+        return SDNQ_OK;
+    }
+#endif
+    svd_add_c(d, nthreads);
     return SDNQ_OK;
 }
 
 /* ------------------------------------------------------------------------ */
 /* Hadamard                                                                  */
-
-#define HADAMARD_MAX 4096 /* largest block; sdnq's default group is 256 */
-
-static int is_pow2(int64_t h) { return h > 0 && (h & (h - 1)) == 0; }
-
-static int is_pow4(int64_t h) {
-    if (!is_pow2(h)) return 0;
-    int b = 0;
-    while ((h >> b) != 1) b++;
-    return (b & 1) == 0;
-}
-
-/* radix of the construction: 4 (H4 kron) or 2 (Sylvester) */
-static int radix_of(int64_t h, int32_t kind) { return kind == SDNQ_HADAMARD_AUTO && is_pow4(h) ? 4 : 2; }
 
 /* sign of the unnormalized entry (i, j) */
 static int hadamard_sign(int64_t i, int64_t j, int radix) {
@@ -125,36 +266,22 @@ static float hadamard_scale(int64_t h, int32_t dtype) {
     return sdnq_round_to(1.0f / (float)sqrt((double)h), dtype);
 }
 
-static sdnq_status hadamard_check(void *w, int32_t dt, int64_t rows, int64_t cols, int64_t w_numel, int64_t h,
-                                  int32_t kind) {
-    if (!sdnq_is_arith_dtype(dt)) return SDNQ_ERR_DTYPE;
-    if (kind != SDNQ_HADAMARD_SYLVESTER && kind != SDNQ_HADAMARD_AUTO) return SDNQ_ERR_UNSUPPORTED;
-    if (rows < 0 || cols < 0 || w_numel < 0 || h < 2 || !is_pow2(h)) return SDNQ_ERR_SIZE;
-    if (h > HADAMARD_MAX) return SDNQ_ERR_UNSUPPORTED;
-    if (cols % h != 0) return SDNQ_ERR_SIZE;
-    int64_t n = sdnq_mul64(rows, cols);
-    if (n < 0) return SDNQ_ERR_OVERFLOW;
-    if (n > w_numel) return SDNQ_ERR_RANGE;
-    if (n > 0 && w == NULL) return SDNQ_ERR_NULL;
-    return SDNQ_OK;
-}
-
 sdnq_status sdnq_hadamard_entry(int64_t h, int32_t kind, int32_t dtype, int64_t i, int64_t j, float *value) {
     if (value == NULL) return SDNQ_ERR_NULL;
     if (!sdnq_is_arith_dtype(dtype)) return SDNQ_ERR_DTYPE;
-    if (h < 2 || !is_pow2(h) || i < 0 || j < 0 || i >= h || j >= h) return SDNQ_ERR_SIZE;
+    if (h < 2 || !sdnq_is_pow2(h) || i < 0 || j < 0 || i >= h || j >= h) return SDNQ_ERR_SIZE;
     if (kind != SDNQ_HADAMARD_SYLVESTER && kind != SDNQ_HADAMARD_AUTO) return SDNQ_ERR_UNSUPPORTED;
-    *value = (float)hadamard_sign(i, j, radix_of(h, kind)) * hadamard_scale(h, dtype);
+    *value = (float)hadamard_sign(i, j, sdnq_hadamard_radix(h, kind)) * hadamard_scale(h, dtype);
     return SDNQ_OK;
 }
 
 sdnq_status sdnq_hadamard_ref(void *w, int32_t dt, int64_t rows, int64_t cols, int64_t w_numel, int64_t h,
                               int32_t kind) {
-    sdnq_status st = hadamard_check(w, dt, rows, cols, w_numel, h, kind);
+    sdnq_status st = sdnq_hadamard_check(w, dt, rows, cols, w_numel, h, kind);
     if (st != SDNQ_OK) return st;
-    const int radix = radix_of(h, kind);
+    const int radix = sdnq_hadamard_radix(h, kind);
     const float c = hadamard_scale(h, dt);
-    float x[HADAMARD_MAX], y[HADAMARD_MAX];
+    float x[SDNQ_HADAMARD_MAX], y[SDNQ_HADAMARD_MAX];
     for (int64_t r = 0; r < rows; r++)
         for (int64_t b = 0; b < cols; b += h) {
             int64_t e0 = r * cols + b;
@@ -194,15 +321,15 @@ static void fwht(float *x, int64_t h, int radix) {
 
 sdnq_status sdnq_hadamard(void *w, int32_t dt, int64_t rows, int64_t cols, int64_t w_numel, int64_t h, int32_t kind,
                           int32_t nthreads) {
-    sdnq_status st = hadamard_check(w, dt, rows, cols, w_numel, h, kind);
+    sdnq_status st = sdnq_hadamard_check(w, dt, rows, cols, w_numel, h, kind);
     if (st != SDNQ_OK) return st;
-    const int radix = radix_of(h, kind);
+    const int radix = sdnq_hadamard_radix(h, kind);
     const float c = hadamard_scale(h, dt);
     const int64_t blocks = rows * (cols / h);
     int64_t blk;
 #pragma omp parallel for num_threads(sdnq_threads(nthreads, blocks)) schedule(static)
     for (blk = 0; blk < blocks; blk++) {
-        float x[HADAMARD_MAX];
+        float x[SDNQ_HADAMARD_MAX];
         const int64_t e0 = blk * h;
         for (int64_t i = 0; i < h; i++) x[i] = sdnq_load_float(w, e0 + i, dt);
         fwht(x, h, radix);

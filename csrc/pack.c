@@ -5,8 +5,9 @@
  * the layout sdnq's packers produce (docs/format.md has the tables). Packers
  * reproduce sdnq's word arithmetic exactly, so a code of 2^bits (uint9..15
  * quantize their group maximum to it) spills into the neighbouring field the
- * same way. Unpackers extract fields by mask, which is what sdnq's unpackers
- * compute for any word contents.
+ * same way. The unpackers (fields extracted by mask, what sdnq's unpackers
+ * compute for any word contents) live in blocks.h, shared with the CUDA
+ * kernels.
  *
  * Word types: uint8 for 2..7 bits, 16-bit words (int16 in files) for 9..15,
  * int64 words holding one byte for 1 bit (sdnq packs bool into int64), and
@@ -14,6 +15,8 @@
  */
 #include <stdint.h>
 
+#include "blocks.h"
+#include "check.h"
 #include "internal.h"
 
 /* ------------------------------------------------------------------------ */
@@ -106,122 +109,19 @@ static void pack15(const uint32_t *a, void *wp) {
 static void pack16(const uint32_t *a, void *wp) { *(uint16_t *)wp = (uint16_t)a[0]; }
 
 /* ------------------------------------------------------------------------ */
-/* block unpackers: w[block_words] -> a[block_elems]                        */
+/* block unpackers: blocks.h (shared with the CUDA kernels), behind one      */
+/* signature so a table can pick them                                        */
 
-static void unpack1(const void *wp, int32_t *a) {
-    int64_t v = *(const int64_t *)wp;
-    for (int k = 0; k < 8; k++) a[k] = (int32_t)(((uint64_t)v >> k) & 1u);
-}
-
-static void unpack2(const void *wp, int32_t *a) {
-    uint32_t v = *(const uint8_t *)wp;
-    for (int k = 0; k < 4; k++) a[k] = (int32_t)((v >> (2 * k)) & 3u);
-}
-
-static void unpack3(const void *wp, int32_t *a) {
-    const uint8_t *w = (const uint8_t *)wp;
-    for (int j = 0; j < 3; j++) {
-        a[j] = w[j] & 7;
-        a[3 + j] = (w[j] >> 3) & 7;
-    }
-    a[6] = ((w[0] >> 6) | ((w[2] >> 4) & 4)) & 7;
-    a[7] = ((w[1] >> 6) | ((w[2] >> 5) & 4)) & 7;
-}
-
-static void unpack4(const void *wp, int32_t *a) {
-    uint32_t v = *(const uint8_t *)wp;
-    a[0] = (int32_t)(v & 15u);
-    a[1] = (int32_t)(v >> 4);
-}
-
-static void unpack5(const void *wp, int32_t *a) {
-    const uint8_t *w = (const uint8_t *)wp;
-    for (int j = 0; j < 5; j++) a[j] = w[j] & 31;
-    a[5] = (w[0] >> 5) | ((w[3] >> 2) & 24);
-    a[6] = (w[1] >> 5) | ((w[4] >> 2) & 24);
-    a[7] = (w[2] >> 5) | ((w[3] >> 3) & 16) | ((w[4] >> 4) & 8);
-}
-
-static void unpack6(const void *wp, int32_t *a) {
-    const uint8_t *w = (const uint8_t *)wp;
-    for (int j = 0; j < 3; j++) a[j] = w[j] & 63;
-    a[3] = ((w[0] >> 2) & 48) | ((w[1] >> 4) & 12) | (w[2] >> 6);
-}
-
-static void unpack7(const void *wp, int32_t *a) {
-    const uint8_t *w = (const uint8_t *)wp;
-    int32_t top = 0;
-    for (int j = 0; j < 7; j++) {
-        a[j] = w[j] & 127;
-        top |= (w[j] >> 7) << (6 - j);
-    }
-    a[7] = top;
-}
-
-static void unpack8(const void *wp, int32_t *a) { a[0] = *(const uint8_t *)wp; }
-
-static void unpack9(const void *wp, int32_t *a) {
-    const uint16_t *w = (const uint16_t *)wp;
-    for (int j = 0; j < 8; j++) {
-        a[j] = w[j] & 511;
-        a[8 + j] = ((w[j] >> 9) & 127) | (((w[8] >> (2 * j)) & 3) << 7);
-    }
-}
-
-static void unpack10(const void *wp, int32_t *a) {
-    const uint16_t *w = (const uint16_t *)wp;
-    for (int j = 0; j < 5; j++) a[j] = w[j] & 1023;
-    a[5] = ((w[0] >> 10) & 63) | ((w[3] >> 4) & 960);
-    a[6] = ((w[1] >> 10) & 63) | ((w[4] >> 4) & 960);
-    a[7] = ((w[2] >> 10) & 63) | ((w[3] >> 6) & 768) | ((w[4] >> 8) & 192);
-}
-
-static void unpack11(const void *wp, int32_t *a) {
-    const uint16_t *w = (const uint16_t *)wp;
-    for (int j = 0; j < 8; j++) a[j] = w[j] & 2047;
-    for (int j = 0; j < 3; j++) {
-        a[8 + j] = ((w[j] >> 11) & 31) | ((w[8 + j] << 5) & 2016);
-        a[11 + j] = ((w[3 + j] >> 11) & 31) | ((w[8 + j] >> 1) & 2016);
-    }
-    a[14] = ((w[6] >> 11) & 31) | ((w[8] >> 7) & 480) | ((w[10] >> 3) & 1536);
-    a[15] = ((w[7] >> 11) & 31) | ((w[9] >> 7) & 480) | ((w[10] >> 5) & 1536);
-}
-
-static void unpack12(const void *wp, int32_t *a) {
-    const uint16_t *w = (const uint16_t *)wp;
-    for (int j = 0; j < 3; j++) a[j] = w[j] & 4095;
-    a[3] = ((w[0] >> 4) & 3840) | ((w[1] >> 8) & 240) | ((w[2] >> 12) & 15);
-}
-
-static void unpack13(const void *wp, int32_t *a) {
-    const uint16_t *w = (const uint16_t *)wp;
-    for (int j = 0; j < 13; j++) a[j] = w[j] & 8191;
-    for (int k = 0; k < 3; k++)
-        a[13 + k] = ((w[k] >> 13) & 7) | ((w[3 + k] >> 10) & 56) | ((w[6 + k] >> 7) & 448) |
-                    ((w[9 + k] >> 4) & 3584) | ((w[12] >> (k + 1)) & 4096);
-}
-
-static void unpack14(const void *wp, int32_t *a) {
-    const uint16_t *w = (const uint16_t *)wp;
-    int32_t top = 0;
-    for (int j = 0; j < 7; j++) {
-        a[j] = w[j] & 16383;
-        top |= (w[j] >> 14) << (12 - 2 * j);
-    }
-    a[7] = top;
-}
-
-static void unpack15(const void *wp, int32_t *a) {
-    const uint16_t *w = (const uint16_t *)wp;
-    int32_t top = 0;
-    for (int j = 0; j < 15; j++) {
-        a[j] = w[j] & 32767;
-        top |= (w[j] >> 15) << (14 - j);
-    }
-    a[15] = top;
-}
-
-static void unpack16(const void *wp, int32_t *a) { a[0] = *(const uint16_t *)wp; }
+static void unpack1(const void *wp, int32_t *a) { sdnq_unpack1((uint64_t) * (const int64_t *)wp, a); }
+#define UNPACK_BYTES(n) \
+    static void unpack##n(const void *wp, int32_t *a) { sdnq_unpack##n((const uint8_t *)wp, a); }
+#define UNPACK_WORDS(n) \
+    static void unpack##n(const void *wp, int32_t *a) { sdnq_unpack##n((const uint16_t *)wp, a); }
+UNPACK_BYTES(2) UNPACK_BYTES(3) UNPACK_BYTES(4) UNPACK_BYTES(5) UNPACK_BYTES(6) UNPACK_BYTES(7) UNPACK_BYTES(8)
+UNPACK_WORDS(9) UNPACK_WORDS(10) UNPACK_WORDS(11) UNPACK_WORDS(12) UNPACK_WORDS(13) UNPACK_WORDS(14)
+UNPACK_WORDS(15) UNPACK_WORDS(16)
+#undef UNPACK_BYTES
+#undef UNPACK_WORDS
 
 typedef void (*pack_block_fn)(const uint32_t *a, void *w);
 typedef void (*unpack_block_fn)(const void *w, int32_t *a);
@@ -242,23 +142,7 @@ static uint32_t to_word_type(int32_t code, int32_t bits) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* shared validation                                                         */
-
-sdnq_status sdnq_packed_geometry(int32_t type, int64_t n, int64_t bytes, const sdnq_type_traits **tp,
-                                 int64_t *blocks) {
-    const sdnq_type_traits *t = sdnq_type_get(type);
-    if (t == NULL || !t->is_packed) return SDNQ_ERR_TYPE;
-    if (n < 0 || bytes < 0) return SDNQ_ERR_SIZE;
-    int64_t words;
-    sdnq_status st = sdnq_storage_words(type, n, &words);
-    if (st != SDNQ_OK) return st;
-    int64_t wsize = sdnq_dtype_size(t->storage);
-    if (words > INT64_MAX / wsize) return SDNQ_ERR_OVERFLOW;
-    if (words * wsize > bytes) return SDNQ_ERR_RANGE;
-    *tp = t;
-    *blocks = n / t->block_elems;
-    return SDNQ_OK;
-}
+/* block access shared with dequant.c (geometry checks: check.h)           */
 
 void sdnq_unpack_blocks(const sdnq_type_traits *t, const void *src, int64_t b0, int64_t nb, int32_t *codes) {
     unpack_block_fn f = unpack_block[t->bits];

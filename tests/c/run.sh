@@ -35,13 +35,20 @@ step() {
 mkdir -p "$BUILD" || exit 2
 
 # shellcheck disable=SC2086  # flag lists are meant to split
-step "build test_core" $CC $CFLAGS -O2 -fopenmp tests/c/test_core.c $SRCS -o "$BUILD/test_core" -lm &&
-    step "run test_core" "$BUILD/test_core"
+step "build test_core" $CC $CFLAGS -O2 -fopenmp tests/c/test_core.c $SRCS -o "$BUILD/test_core" -lm && {
+    # every CPU kernel level this machine has (the fast paths dispatch at run time; COMFY_SDNQ_CPU caps
+    # the level), each compared with the scalar references
+    step "run test_core (best CPU level)" "$BUILD/test_core"
+    step "run test_core (COMFY_SDNQ_CPU=avx2)" env COMFY_SDNQ_CPU=avx2 "$BUILD/test_core"
+    step "run test_core (COMFY_SDNQ_CPU=baseline)" env COMFY_SDNQ_CPU=baseline "$BUILD/test_core"
+}
 
 # shellcheck disable=SC2086
 step "build test_core_san" $CC $CFLAGS $SANFLAGS -fopenmp tests/c/test_core.c $SRCS -o "$BUILD/test_core_san" -lm &&
     step "run test_core_san (ASan+UBSan)" env ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-        "$BUILD/test_core_san"
+        "$BUILD/test_core_san" &&
+    step "run test_core_san (avx2)" env COMFY_SDNQ_CPU=avx2 ASAN_OPTIONS=detect_leaks=1 \
+        UBSAN_OPTIONS=print_stacktrace=1 "$BUILD/test_core_san"
 
 if [ "${VALGRIND:-0}" = 1 ]; then
     if command -v valgrind >/dev/null 2>&1; then

@@ -1,0 +1,284 @@
+/*
+ * common.cuh - helpers shared by comfy_sdnq's CUDA kernels (the .cu files of csrc/cuda).
+ *
+ * The element codecs are codec.h's (SDNQ_HD: the very functions the C core
+ * runs), the bit layouts blocks.h's, the argument checks check.h's. This file
+ * adds what only device code needs: dtype-templated loads, stores and
+ * roundings (compile-time dtypes fold codec.h's switches away), the packing
+ * unit of the fast kernels, launch helpers and status mapping.
+ *
+ * Floating-point rule: wherever a result must equal the CPU core's bits, the
+ * kernels spell each operation with an _rn intrinsic (__fmul_rn, __fadd_rn,
+ * __fmaf_rn), which nvcc never contracts or reorders; the C core is compiled
+ * with -ffp-contract=off, so both sides round the same operations.
+ */
+#ifndef SDNQ_CUDA_COMMON_CUH
+#define SDNQ_CUDA_COMMON_CUH
+
+#include <stdint.h>
+
+#ifdef SDNQ_CUDA_EMU
+#include "cuda_emu.h" /* tests/cuda_emu: these sources compiled for the CPU, for testing without a GPU */
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#endif
+
+#include "blocks.h"
+#include "check.h"
+#include "codec.h"
+#include "sdnq/sdnq_cuda.h"
+
+namespace sdnq_cuda {
+
+/* ------------------------------------------------------------------------ */
+/* host side                                                                 */
+
+static inline cudaStream_t as_stream(void *s) { return (cudaStream_t)s; }
+
+/* status of the launch just made (a bad configuration, no kernel image for
+ * this device, ...); kernel faults surface asynchronously */
+static inline sdnq_status launch_status(void) {
+    return cudaGetLastError() == cudaSuccess ? SDNQ_OK : SDNQ_ERR_DEVICE;
+}
+
+/* kernel<<<grid, block, 0, stream>>>(args...) for a pointer to a __global__ function; a
+ * macro so that the host emulation of tests/cuda_emu runs the same launchers */
+#ifdef SDNQ_CUDA_EMU
+#define SDNQ_LAUNCH(kernel, grid, block, stream, ...) \
+    sdnq_emu::launch(dim3(grid), dim3(block), [&] { kernel(__VA_ARGS__); })
+#else
+#define SDNQ_LAUNCH(kernel, grid, block, stream, ...) kernel<<<grid, block, 0, stream>>>(__VA_ARGS__)
+#endif
+
+static inline bool aligned(const void *p, uintptr_t bytes) { return ((uintptr_t)p % bytes) == 0; }
+
+/* multiprocessors of the current device (cached per device; grid sizes of the
+ * grid-stride kernels) */
+static inline int device_sms(void) {
+#ifdef SDNQ_CUDA_EMU
+    return 2;
+#else
+    static int cache[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
+    int v = cache[dev];
+    if (v <= 0) {
+        if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v <= 0) v = 132;
+        cache[dev] = v;
+    }
+    return v;
+#endif
+}
+
+/* blocks for `work` items of `per_block` each, capped (kernels loop over the grid) */
+static inline unsigned grid_for(int64_t work, int64_t per_block, int64_t cap = 1 << 20) {
+    int64_t g = (work + per_block - 1) / per_block;
+    if (g < 1) g = 1;
+    if (g > cap) g = cap;
+    return (unsigned)g;
+}
+
+/* Calls f(std-like integral constant) for a runtime arithmetic dtype id
+ * (F32, BF16, F16), so one templated body serves the three dtypes. */
+template <int V> struct dt_const {
+    static constexpr int value = V;
+};
+
+template <class F> static inline void with_arith_dtype(int32_t dt, F &&f) {
+    switch (dt) {
+    case SDNQ_DT_F32: f(dt_const<SDNQ_DT_F32>{}); break;
+    case SDNQ_DT_BF16: f(dt_const<SDNQ_DT_BF16>{}); break;
+    default: f(dt_const<SDNQ_DT_F16>{}); break;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* programmatic dependent launch (sm_90+; no-ops elsewhere and in the emulation) */
+
+/* a kernel launched after this one with programmatic stream serialization may start */
+__device__ __forceinline__ void grid_dependency_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* waits until the kernels this one depends on have completed, their writes visible */
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/* compute capability major of the current device (cached per device) */
+static inline int device_cc_major(void) {
+#ifdef SDNQ_CUDA_EMU
+    return 0;
+#else
+    static int cache[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 0;
+    int v = cache[dev];
+    if (v <= 0) {
+        if (cudaDeviceGetAttribute(&v, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess || v <= 0) return 0;
+        cache[dev] = v;
+    }
+    return v;
+#endif
+}
+
+/* ------------------------------------------------------------------------ */
+/* device side: dtype-templated element access                               */
+
+/* element i of an F32/BF16/F16 buffer, read through the read-only cache */
+template <int DT> __device__ __forceinline__ float ld_float(const void *p, int64_t i) {
+    if constexpr (DT == SDNQ_DT_F32) return __ldg((const float *)p + i);
+    else if constexpr (DT == SDNQ_DT_BF16) return sdnq_bf16_to_f32(__ldg((const unsigned short *)p + i));
+    else return sdnq_f16_to_f32(__ldg((const unsigned short *)p + i));
+}
+
+/* v rounded to DT and widened back (codec.h's sdnq_round_to, folded) */
+template <int DT> __device__ __forceinline__ float round_to(float v) {
+    if constexpr (DT == SDNQ_DT_BF16) return sdnq_bf16_to_f32(sdnq_f32_to_bf16(v));
+    else if constexpr (DT == SDNQ_DT_F16) return sdnq_f16_to_f32(sdnq_f32_to_f16(v));
+    else return v;
+}
+
+/* Same value as round_to<DT> for every non-NaN input, through the hardware's
+ * round-to-nearest-even conversions (NaN payloads may differ). For kernels
+ * whose results are compared within a tolerance anyway (GEMV). */
+template <int DT> __device__ __forceinline__ float round_to_hw(float v) {
+    if constexpr (DT == SDNQ_DT_BF16) return __bfloat162float(__float2bfloat16_rn(v));
+    else if constexpr (DT == SDNQ_DT_F16) return __half2float(__float2half_rn(v));
+    else return v;
+}
+
+/* the raw 16-bit pattern of v in DT (BF16 or F16), codec.h's rounding */
+template <int DT> __device__ __forceinline__ uint32_t bits16(float v) {
+    if constexpr (DT == SDNQ_DT_BF16) return sdnq_f32_to_bf16(v);
+    else return sdnq_f32_to_f16(v);
+}
+
+/* sdnq's elementwise step (dequant.c scale_value): value * scale (+ zero
+ * point: fused for fp32, else exact product then one add), rounded to SDT */
+template <int SDT> __device__ __forceinline__ float scale_value(float v, float s, float z, bool asym) {
+    float r;
+    if (!asym) r = __fmul_rn(v, s);
+    else if constexpr (SDT == SDNQ_DT_F32) r = __fmaf_rn(v, s, z);
+    else r = __fadd_rn(__fmul_rn(v, s), z);
+    return round_to<SDT>(r);
+}
+
+/* scale_value with the hardware's round-to-nearest-even conversions: the same
+ * value for every non-NaN input (NaN payloads may differ) */
+template <int SDT> __device__ __forceinline__ float scale_value_hw(float v, float s, float z, bool asym) {
+    float r;
+    if (!asym) r = __fmul_rn(v, s);
+    else if constexpr (SDT == SDNQ_DT_F32) r = __fmaf_rn(v, s, z);
+    else r = __fadd_rn(__fmul_rn(v, s), z);
+    return round_to_hw<SDT>(r);
+}
+
+/* scale_value_hw with the scale dtype chosen at run time (uniform branches) */
+__device__ __forceinline__ float scale_value_hw_rt(float v, float s, float z, bool asym, int32_t sdt) {
+    if (sdt == SDNQ_DT_F32) return scale_value_hw<SDNQ_DT_F32>(v, s, z, asym);
+    if (sdt == SDNQ_DT_BF16) return scale_value_hw<SDNQ_DT_BF16>(v, s, z, asym);
+    return scale_value_hw<SDNQ_DT_F16>(v, s, z, asym);
+}
+
+/* run-time dtype version, for the general kernels */
+__device__ __forceinline__ float scale_value_rt(float v, float s, float z, bool asym, int32_t sdt) {
+    float r;
+    if (!asym) r = __fmul_rn(v, s);
+    else if (sdt == SDNQ_DT_F32) r = __fmaf_rn(v, s, z);
+    else r = __fadd_rn(__fmul_rn(v, s), z);
+    return sdnq_round_to(r, sdt);
+}
+
+/* ------------------------------------------------------------------------ */
+/* the packing unit of the fast kernels: 8 consecutive codes of a type of at */
+/* most 8 bits (a whole number of sdnq packing blocks for every such width)  */
+
+constexpr int UNIT = 8;
+
+/* bytes holding one unit: `bits` bytes, or one int64 word for 1-bit codes */
+template <int BITS> struct unit_geom {
+    static constexpr int bytes = BITS == 1 ? 8 : BITS;
+    static constexpr int block_elems = BITS == 1 ? 8 : BITS == 2 ? 4 : BITS == 4 ? 2 : BITS == 6 ? 4 : BITS == 8 ? 1 : 8;
+    static constexpr int block_bytes = BITS == 1 ? 8 : block_elems * BITS / 8;
+};
+
+/* p is aligned to the widest power of two (<= 8) dividing `BYTES`; loads it
+ * with the widest such accesses, then splits it into bytes (registers) */
+template <int BYTES> __device__ __forceinline__ void load_bytes(const uint8_t *p, uint8_t (&b)[BYTES]) {
+    if constexpr (BYTES % 8 == 0) {
+#pragma unroll
+        for (int i = 0; i < BYTES / 8; i++) {
+            uint2 v = __ldg((const uint2 *)p + i);
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                b[8 * i + q] = (uint8_t)(v.x >> (8 * q));
+                b[8 * i + 4 + q] = (uint8_t)(v.y >> (8 * q));
+            }
+        }
+    } else if constexpr (BYTES % 4 == 0) {
+#pragma unroll
+        for (int i = 0; i < BYTES / 4; i++) {
+            uint32_t v = __ldg((const unsigned int *)p + i);
+#pragma unroll
+            for (int q = 0; q < 4; q++) b[4 * i + q] = (uint8_t)(v >> (8 * q));
+        }
+    } else if constexpr (BYTES % 2 == 0) {
+#pragma unroll
+        for (int i = 0; i < BYTES / 2; i++) {
+            uint32_t v = __ldg((const unsigned short *)p + i);
+            b[2 * i] = (uint8_t)v;
+            b[2 * i + 1] = (uint8_t)(v >> 8);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < BYTES; i++) b[i] = __ldg(p + i);
+    }
+}
+
+/* one block of a BITS-wide type (2..7) through blocks.h */
+template <int BITS> __device__ __forceinline__ void unpack_block_t(const uint8_t *w, int32_t *a) {
+    if constexpr (BITS == 2) sdnq_unpack2(w, a);
+    else if constexpr (BITS == 3) sdnq_unpack3(w, a);
+    else if constexpr (BITS == 4) sdnq_unpack4(w, a);
+    else if constexpr (BITS == 5) sdnq_unpack5(w, a);
+    else if constexpr (BITS == 6) sdnq_unpack6(w, a);
+    else sdnq_unpack7(w, a);
+}
+
+/* the 8 codes of a unit from its bytes (the int64 word's bytes for 1 bit,
+ * little-endian like the file) */
+template <int BITS>
+__device__ __forceinline__ void unpack_unit(const uint8_t (&b)[unit_geom<BITS>::bytes], int32_t (&c)[UNIT]) {
+    if constexpr (BITS == 1) {
+        uint64_t v = 0;
+#pragma unroll
+        for (int q = 0; q < 8; q++) v |= (uint64_t)b[q] << (8 * q);
+        sdnq_unpack1(v, c);
+    } else if constexpr (BITS == 8) {
+#pragma unroll
+        for (int k = 0; k < UNIT; k++) c[k] = b[k];
+    } else {
+        constexpr int BE = unit_geom<BITS>::block_elems, BB = unit_geom<BITS>::block_bytes;
+#pragma unroll
+        for (int blk = 0; blk < UNIT / BE; blk++) unpack_block_t<BITS>(b + blk * BB, c + blk * BE);
+    }
+}
+
+/* lut[c] = the value sdnq multiplies for code c of a type of at most 8 bits,
+ * in the scale dtype (codec.h's sdnq_weight_value; all threads call it, a
+ * __syncthreads() must follow) */
+__device__ __forceinline__ void build_lut(float *lut, sdnq_type_traits t, int32_t sdt) {
+    const int n = 1 << t.bits;
+    for (int c = threadIdx.x; c < n; c += blockDim.x) lut[c] = sdnq_weight_value(&t, (uint32_t)c, sdt);
+}
+
+}  // namespace sdnq_cuda
+
+#endif /* SDNQ_CUDA_COMMON_CUH */

@@ -1,0 +1,179 @@
+/*
+ * dequant.cu - host launcher of the dequantization kernels (dequant.cuh).
+ *
+ * Validates the descriptor with the C core's own check (check.h), then runs
+ * the flat kernel on the whole units it can take and the general kernel on
+ * everything else (or the tail). Both write the CPU core's bits.
+ */
+#include "dequant.cuh"
+
+using namespace sdnq_cuda;
+
+namespace {
+
+template <int BITS> void launch_flat(const DequantArgs &a, cudaStream_t s) {
+    const int64_t work = (a.units + flat_geom<BITS>::UNROLL - 1) / flat_geom<BITS>::UNROLL;
+    const unsigned grid = grid_for(work, FLAT_THREADS, (int64_t)device_sms() * FLAT_BLOCKS_PER_SM);
+    with_arith_dtype(a.sdt, [&](auto S) {
+        const auto kernel = &dequant_flat_kernel<BITS, decltype(S)::value>;
+        SDNQ_LAUNCH(kernel, grid, FLAT_THREADS, s, a);
+    });
+}
+
+void launch_flat_bits(int32_t bits, const DequantArgs &a, cudaStream_t s) {
+    switch (bits) {
+    case 1: launch_flat<1>(a, s); break;
+    case 2: launch_flat<2>(a, s); break;
+    case 3: launch_flat<3>(a, s); break;
+    case 4: launch_flat<4>(a, s); break;
+    case 5: launch_flat<5>(a, s); break;
+    case 6: launch_flat<6>(a, s); break;
+    case 7: launch_flat<7>(a, s); break;
+    default: launch_flat<8>(a, s); break;
+    }
+}
+
+template <int BITS> void launch_svd(const SvdDequantArgs &a, dim3 grid, cudaStream_t s) {
+    const auto kernel = a.d.odt == SDNQ_DT_BF16 ? &dequant_svd_kernel<BITS, SDNQ_DT_BF16>
+                                                : &dequant_svd_kernel<BITS, SDNQ_DT_F16>;
+    SDNQ_LAUNCH(kernel, grid, SVDQ_THREADS, s, a);
+}
+
+void launch_svd_bits(int32_t bits, const SvdDequantArgs &a, dim3 grid, cudaStream_t s) {
+    switch (bits) {
+    case 1: launch_svd<1>(a, grid, s); break;
+    case 2: launch_svd<2>(a, grid, s); break;
+    case 3: launch_svd<3>(a, grid, s); break;
+    case 4: launch_svd<4>(a, grid, s); break;
+    case 5: launch_svd<5>(a, grid, s); break;
+    case 6: launch_svd<6>(a, grid, s); break;
+    case 7: launch_svd<7>(a, grid, s); break;
+    default: launch_svd<8>(a, grid, s); break;
+    }
+}
+
+/* output written in code order: offset(o, j, i) == (o*red + j)*inner + i */
+bool flat_output(const sdnq_dequant_desc *d) {
+    return (d->outer == 1 || d->out_stride[0] == d->red * d->inner) && (d->red == 1 || d->out_stride[1] == d->inner) &&
+           (d->inner == 1 || d->out_stride[2] == 1);
+}
+
+}  // namespace
+
+namespace {
+
+/* the checked descriptor as kernel arguments; SDNQ_ERR_UNSUPPORTED for misaligned buffers */
+sdnq_status dequant_args(const sdnq_dequant_desc *d, DequantArgs *a, int64_t *n) {
+    const sdnq_type_traits *t;
+    int64_t levels;
+    sdnq_status st = sdnq_dequant_check(d, &t, &levels);
+    if (st != SDNQ_OK) return st;
+    *n = d->outer * d->red * d->inner; /* no overflow: checked */
+    const int64_t wsize = sdnq_dtype_size(t->storage);
+    const bool asym = t->is_unsigned && !d->codebook;
+    if (*n > 0 && (!aligned(d->codes, (uintptr_t)wsize) ||
+                   !aligned(d->scale, (uintptr_t)sdnq_dtype_size(d->scale_dtype)) ||
+                   !aligned(d->out, (uintptr_t)sdnq_dtype_size(d->out_dtype)) ||
+                   (asym && !aligned(d->zero_point, (uintptr_t)sdnq_dtype_size(d->scale_dtype)))))
+        return SDNQ_ERR_UNSUPPORTED;
+
+    *a = DequantArgs{};
+    a->t = *t;
+    a->codes = d->codes;
+    a->scale = d->scale;
+    a->zp = asym ? d->zero_point : NULL;
+    a->out = d->out;
+    a->outer = d->outer;
+    a->red = d->red;
+    a->inner = d->inner;
+    a->ss0 = d->scale_stride[0];
+    a->ss1 = d->scale_stride[1];
+    a->ss2 = d->scale_stride[2];
+    a->zs0 = asym ? d->zp_stride[0] : 0;
+    a->zs1 = asym ? d->zp_stride[1] : 0;
+    a->os0 = d->out_stride[0];
+    a->os1 = d->out_stride[1];
+    a->os2 = d->out_stride[2];
+    a->sdt = d->scale_dtype;
+    a->odt = d->out_dtype;
+    a->asym = asym;
+    a->codebook = d->codebook != 0;
+    a->levels = levels;
+    a->block_bytes = t->is_packed ? (int64_t)t->block_words * wsize : wsize;
+    return SDNQ_OK;
+}
+
+sdnq_status dequant_launch(const sdnq_dequant_desc *d, DequantArgs &a, int64_t n, cudaStream_t s) {
+    sdnq_status st = SDNQ_OK;
+    const sdnq_type_traits *t = &a.t;
+    const int64_t nblocks = n / t->block_elems;
+    int64_t done = 0; /* packing blocks the flat kernel covers */
+    if (t->bits <= 8 && !d->codebook && flat_output(d) && n >= UNIT && n <= INT32_MAX && aligned(d->codes, 16) &&
+        aligned(d->out, 16)) {
+        a.units = n / UNIT;
+        launch_flat_bits(t->bits, a, s);
+        if ((st = launch_status()) != SDNQ_OK) return st;
+        done = a.units * UNIT / t->block_elems;
+    }
+    if (done < nblocks) {
+        a.b_begin = done;
+        a.b_end = nblocks;
+        const auto kernel = &dequant_general_kernel;
+        SDNQ_LAUNCH(kernel, grid_for(nblocks - done, GENERAL_THREADS), GENERAL_THREADS, s, a);
+        st = launch_status();
+    }
+    return st;
+}
+
+}  // namespace
+
+extern "C" sdnq_status sdnq_cuda_dequantize(const sdnq_dequant_desc *d, void *stream) {
+    DequantArgs a;
+    int64_t n;
+    sdnq_status st = dequant_args(d, &a, &n);
+    if (st != SDNQ_OK || n == 0) return st;
+    return dequant_launch(d, a, n, as_stream(stream));
+}
+
+extern "C" sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, const sdnq_svd_desc *svd, void *stream) {
+    if (d == NULL || svd == NULL) return SDNQ_ERR_NULL;
+    DequantArgs a;
+    int64_t n;
+    sdnq_status st = dequant_args(d, &a, &n);
+    if (st != SDNQ_OK) return st;
+    /* the SVD step works on the dequantized weight: the same buffer, dtype and size */
+    if (svd->w != d->out || svd->w_dtype != d->out_dtype || sdnq_mul64(svd->rows, svd->cols) != n ||
+        svd->w_numel > d->out_numel)
+        return SDNQ_ERR_SIZE;
+    if ((st = sdnq_svd_check(svd)) != SDNQ_OK) return st;
+    if (n == 0) return SDNQ_OK;
+    cudaStream_t s = as_stream(stream);
+    const bool fusable = svd->rank > 0 && svd->rank <= INT32_MAX && a.t.bits <= 8 && !d->codebook && d->inner == 1 && flat_output(d) &&
+                         svd->cols % UNIT == 0 && n <= INT32_MAX && aligned(d->codes, 16) && aligned(d->out, 16) &&
+                         (d->out_dtype == SDNQ_DT_BF16 || d->out_dtype == SDNQ_DT_F16) &&
+                         svd->up_dtype == d->out_dtype && svd->down_dtype == d->out_dtype &&
+                         aligned(svd->up, 2) && aligned(svd->down, 2) &&
+                         (svd->cols + SVDQ_TC - 1) / SVDQ_TC <= INT32_MAX && (svd->rows + SVDQ_TR - 1) / SVDQ_TR <= 65535;
+    if (!fusable) { /* the two steps in sequence, same stream */
+        if ((st = dequant_launch(d, a, n, s)) != SDNQ_OK) return st;
+        return sdnq_cuda_svd_add(svd, stream);
+    }
+    SvdDequantArgs sa;
+    sa.d = a;
+    sa.rows = svd->rows;
+    sa.cols = svd->cols;
+    sa.rank = (int32_t)svd->rank;
+    sa.up = svd->up;
+    sa.down = svd->down;
+    sa.us0 = svd->up_stride[0];
+    sa.us1 = svd->up_stride[1];
+    sa.ds0 = svd->down_stride[0];
+    sa.ds1 = svd->down_stride[1];
+    sa.up_vec = svd->up_stride[1] == 1 && svd->up_stride[0] % 8 == 0 && svd->rank % 8 == 0 && aligned(svd->up, 16);
+    sa.down_t = svd->down_stride[0] == 1 && svd->down_stride[1] % 8 == 0 && svd->rank % 8 == 0 &&
+                aligned(svd->down, 16);
+    sa.down_c = !sa.down_t && svd->down_stride[1] == 1 && svd->down_stride[0] % 8 == 0 && aligned(svd->down, 16);
+    const dim3 grid((unsigned)((svd->cols + SVDQ_TC - 1) / SVDQ_TC), (unsigned)((svd->rows + SVDQ_TR - 1) / SVDQ_TR));
+    launch_svd_bits(a.t.bits, sa, grid, s);
+    return launch_status();
+}

@@ -1,0 +1,278 @@
+/*
+ * gemv.cu - host side of the small-M linear kernel (gemv.cuh): what it takes
+ * (sdnq_cuda_gemv_supported) and the launch. Everything it does not take is
+ * reported with a status so the caller can dequantize and run a GEMM instead.
+ */
+#include "gemv.cuh"
+
+using namespace sdnq_cuda;
+
+namespace {
+
+/* max index (rows-1)*ld + cols-1 stays below numel, ld >= cols */
+bool fits2d(int64_t rows, int64_t cols, int64_t ld, int64_t numel) {
+    if (ld < cols) return false;
+    int64_t last = sdnq_max_index3(rows, ld, cols, 1, 1, 0);
+    return last >= 0 && last < numel;
+}
+
+sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
+    if (d == NULL) return SDNQ_ERR_NULL;
+    const sdnq_type_traits *t = sdnq_type_get(d->type);
+    if (t == NULL) return SDNQ_ERR_TYPE;
+    /* packed types of 2..8 bits, and 8-bit natives (int8, uint8, fp8): one byte per code */
+    if (t->bits < 2 || t->bits > 8 || (!t->is_packed && sdnq_dtype_size(t->storage) != 1)) return SDNQ_ERR_UNSUPPORTED;
+    if (d->x_dtype != SDNQ_DT_BF16 && d->x_dtype != SDNQ_DT_F16) return SDNQ_ERR_DTYPE;
+    if (!sdnq_is_arith_dtype(d->scale_dtype)) return SDNQ_ERR_DTYPE;
+    if (d->M < 1 || d->M > SDNQ_GEMV_MAX_M || d->N < 0 || d->K < 1 || d->red < 1) return SDNQ_ERR_SIZE;
+    if (d->K % GEMV_CODES != 0 || d->K > INT32_MAX || d->N > INT32_MAX) return SDNQ_ERR_UNSUPPORTED;
+    const int64_t n = sdnq_mul64(d->N, d->K);
+    if (n < 0) return SDNQ_ERR_OVERFLOW;
+    if (d->N == 0) return SDNQ_OK;
+
+    /* groups: a divisor of K (row-wise or grouped), or all N*K codes (tensor-wise) */
+    int64_t gk, gpr, groups;
+    if (d->red == n && d->red != d->K) {
+        gk = d->K;
+        gpr = 0;
+        groups = 1;
+    } else if (d->K % d->red == 0) {
+        gk = d->red;
+        gpr = d->K / d->red;
+        groups = d->N * gpr;
+    } else {
+        return SDNQ_ERR_UNSUPPORTED;
+    }
+    if (gk % GEMV_CODES != 0) return SDNQ_ERR_UNSUPPORTED;
+
+    int64_t need;
+    if (t->is_packed) {
+        int64_t words;
+        sdnq_status st = sdnq_storage_words(d->type, n, &words);
+        if (st != SDNQ_OK) return st;
+        need = sdnq_mul64(words, sdnq_dtype_size(t->storage));
+    } else {
+        need = n;
+    }
+    if (need < 0) return SDNQ_ERR_OVERFLOW;
+    if (d->codes_bytes < need) return SDNQ_ERR_RANGE;
+
+    const bool asym = t->is_unsigned != 0;
+    if (d->codes == NULL || d->x == NULL || d->y == NULL || d->scale == NULL || (asym && d->zero_point == NULL))
+        return SDNQ_ERR_NULL;
+    if (!asym && d->zero_point != NULL) return SDNQ_ERR_SIZE;
+    int64_t smax = sdnq_max_index3(groups, d->scale_stride, 1, 0, 1, 0);
+    if (smax < 0) return SDNQ_ERR_SIZE;
+    if (smax >= d->scale_numel) return SDNQ_ERR_RANGE;
+    if (asym) {
+        int64_t zmax = sdnq_max_index3(groups, d->zp_stride, 1, 0, 1, 0);
+        if (zmax < 0) return SDNQ_ERR_SIZE;
+        if (zmax >= d->zp_numel) return SDNQ_ERR_RANGE;
+    }
+    if (!fits2d(d->M, d->K, d->ldx, d->x_numel) || !fits2d(d->M, d->N, d->ldy, d->y_numel)) return SDNQ_ERR_RANGE;
+    if (d->bias != NULL && d->bias_numel < d->N) return SDNQ_ERR_RANGE;
+    if (d->rank < 0 || d->rank > INT32_MAX) return SDNQ_ERR_SIZE;
+    if (d->rank > 0) { /* the SVD branch: up [N, rank], down [rank, K] through strides, scratch [M, rank] */
+        if (d->up == NULL || d->down == NULL || d->lowrank == NULL) return SDNQ_ERR_NULL;
+        if (!sdnq_is_arith_dtype(d->up_dtype) || !sdnq_is_arith_dtype(d->down_dtype)) return SDNQ_ERR_DTYPE;
+        const int64_t umax = sdnq_max_index3(d->N, d->up_stride[0], d->rank, d->up_stride[1], 1, 0);
+        const int64_t dmax = sdnq_max_index3(d->rank, d->down_stride[0], d->K, d->down_stride[1], 1, 0);
+        if (umax < 0 || dmax < 0 || d->up_stride[0] < 0 || d->up_stride[1] < 0 || d->down_stride[0] < 0 ||
+            d->down_stride[1] < 0)
+            return SDNQ_ERR_SIZE;
+        if (umax >= d->up_numel || dmax >= d->down_numel) return SDNQ_ERR_RANGE;
+        const int64_t tn = sdnq_mul64(d->M, d->rank);
+        if (tn < 0) return SDNQ_ERR_OVERFLOW;
+        if (d->lowrank_numel < tn) return SDNQ_ERR_RANGE;
+        if (!aligned(d->up, (uintptr_t)sdnq_dtype_size(d->up_dtype)) ||
+            !aligned(d->down, (uintptr_t)sdnq_dtype_size(d->down_dtype)) || !aligned(d->lowrank, 4))
+            return SDNQ_ERR_UNSUPPORTED;
+        if (d->rank > 65535 * (int64_t)LR_TRANKS) return SDNQ_ERR_UNSUPPORTED;
+    }
+
+    /* 16-byte vector loads of codes and x (row starts stay aligned: K % 32 == 0, ldx % 8 == 0) */
+    const uintptr_t ssize = (uintptr_t)sdnq_dtype_size(d->scale_dtype);
+    if (!aligned(d->codes, 16) || !aligned(d->x, 16) || d->ldx % 8 != 0 || !aligned(d->y, 2) ||
+        (d->bias != NULL && !aligned(d->bias, 2)) || !aligned(d->scale, ssize) ||
+        (asym && !aligned(d->zero_point, ssize)))
+        return SDNQ_ERR_UNSUPPORTED;
+
+    if (a != NULL) {
+        *a = GemvArgs{};
+        a->t = *t;
+        a->x = d->x;
+        a->bias = d->bias;
+        a->codes = d->codes;
+        a->scale = d->scale;
+        a->zp = asym ? d->zero_point : NULL;
+        a->y = d->y;
+        a->ldx = d->ldx;
+        a->ldy = d->ldy;
+        a->M = (int32_t)d->M;
+        a->N = (int32_t)d->N;
+        a->K = (int32_t)d->K;
+        a->gk = (int32_t)gk;
+        a->gpr = (int32_t)gpr;
+        a->ss = d->scale_stride;
+        a->zs = asym ? d->zp_stride : 0;
+        a->asym = asym;
+        /* 4- and 8-bit integers: the magic-number decode (value = 2^23 + byte - magic_sub) */
+        a->xor8 = 0;
+        a->magic_sub = 8388608.0f;
+        if (t->family == SDNQ_FAMILY_INT && t->is_packed) a->magic_sub = 8388608.0f - (float)t->min;
+        if (!t->is_packed && t->storage == SDNQ_DT_I8) { /* two's complement: (b ^ 0x80) - 128 */
+            a->xor8 = 0x80808080u;
+            a->magic_sub = 8388608.0f + 128.0f;
+        }
+        a->rank = (int32_t)d->rank;
+        a->splits = 1;
+        a->lowrank = d->lowrank;
+        a->up = d->up;
+        a->up_dtype = d->up_dtype;
+        a->us0 = d->up_stride[0];
+        a->us1 = d->up_stride[1];
+    }
+    return SDNQ_OK;
+}
+
+/* the magic-number decode applies: 4-bit packed and 8-bit native integer types */
+bool int_decode(const sdnq_type_traits *t) {
+    if (t->family != SDNQ_FAMILY_INT && t->family != SDNQ_FAMILY_UINT) return false;
+    if (t->is_packed) return t->bits == 4;
+    return t->storage == SDNQ_DT_I8 || t->storage == SDNQ_DT_U8;
+}
+
+/* kernel<<<grid, GEMV_THREADS, 0, s>>>(a), as a programmatic dependent launch of the stream's
+ * previous kernel when pdl (sm_90+: the SVD branch's low-rank kernel) */
+template <class Kernel> void launch_maybe_pdl(Kernel kernel, unsigned grid, cudaStream_t s, const GemvArgs &a, bool pdl) {
+#ifdef SDNQ_CUDA_EMU
+    (void)pdl;
+    SDNQ_LAUNCH(kernel, grid, GEMV_THREADS, s, a);
+#else
+    if (!pdl) {
+        SDNQ_LAUNCH(kernel, grid, GEMV_THREADS, s, a);
+        return;
+    }
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(GEMV_THREADS);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (cudaLaunchKernelEx(&cfg, kernel, a) != cudaSuccess) { /* refused: an ordinary launch */
+        (void)cudaGetLastError();
+        SDNQ_LAUNCH(kernel, grid, GEMV_THREADS, s, a);
+    }
+#endif
+}
+
+template <int BITS, int NT, int DEC>
+void launch_gemv(const GemvArgs &a, int32_t xdt, int32_t sdt, unsigned grid, cudaStream_t s) {
+    const bool pdl = a.rank > 0 && device_cc_major() >= 9;
+    with_arith_dtype(sdt, [&](auto S) {
+        const auto kernel = xdt == SDNQ_DT_BF16 ? &gemv_kernel<BITS, SDNQ_DT_BF16, decltype(S)::value, NT, DEC>
+                                                : &gemv_kernel<BITS, SDNQ_DT_F16, decltype(S)::value, NT, DEC>;
+        launch_maybe_pdl(kernel, grid, s, a, pdl);
+    });
+}
+
+template <int BITS> void launch_bits(const GemvArgs &a, int32_t xdt, int32_t sdt, unsigned grid, cudaStream_t s) {
+    const bool two = a.M > 8;
+    if constexpr (BITS == 4 || BITS == 8) {
+        if (int_decode(&a.t)) {
+            if (two) launch_gemv<BITS, 2, DEC_INT>(a, xdt, sdt, grid, s);
+            else launch_gemv<BITS, 1, DEC_INT>(a, xdt, sdt, grid, s);
+            return;
+        }
+    }
+    if (two) launch_gemv<BITS, 2, DEC_LUT>(a, xdt, sdt, grid, s);
+    else launch_gemv<BITS, 1, DEC_LUT>(a, xdt, sdt, grid, s);
+}
+
+/* the low-rank kernel's layout: 1 = down rows contiguous along k, 2 = down contiguous along
+ * the rank (sdnq's column-major factor), 0 = strided (2-byte loads) */
+int lowrank_layout(const sdnq_gemv_desc *d) {
+    if (d->down_dtype != d->x_dtype || !aligned(d->down, 16)) return 0;
+    if (d->down_stride[1] == 1 && d->down_stride[0] % 8 == 0 && d->K % 8 == 0) return 1;
+    if (d->down_stride[0] == 1 && d->down_stride[1] % 8 == 0 && d->rank % 8 == 0) return 2;
+    return 0;
+}
+
+/* k-range splits of the low-rank product: ranges of whole steps of the kernel (enough blocks
+ * to read down at full speed), at most LR_SPLITS_MAX, what the scratch holds and 8192 partial
+ * sums in all (the GEMV's epilogue adds them up, in parallel, after its main loop) */
+constexpr int LR_SPLITS_MAX = 64;
+int lowrank_splits(const sdnq_gemv_desc *d, int layout, int32_t *kc) {
+    const int64_t step = layout == 2 ? (int64_t)LR_TSTEP * 4 : LR_KSTEP; /* 4 loads per thread */
+    const int64_t steps = (d->K + step - 1) / step;
+    int64_t want = steps < LR_SPLITS_MAX ? steps : LR_SPLITS_MAX;
+    const int64_t fit = d->lowrank_numel / (d->M * d->rank), cap = 8192 / (d->M * d->rank);
+    if (want > fit) want = fit;
+    if (want > cap) want = cap;
+    if (want > 65535) want = 65535;
+    if (want < 1) want = 1;
+    const int64_t per = (steps + want - 1) / want; /* steps per split */
+    *kc = (int32_t)(per * step);
+    return (int)((steps + per - 1) / per);
+}
+
+sdnq_status launch_lowrank(const sdnq_gemv_desc *d, int layout, int splits, int32_t kc, cudaStream_t s) {
+    LowrankArgs l;
+    l.kc = kc;
+    l.x = d->x;
+    l.ldx = d->ldx;
+    l.M = (int32_t)d->M;
+    l.K = (int32_t)d->K;
+    l.rank = (int32_t)d->rank;
+    l.down = d->down;
+    l.down_dtype = d->down_dtype;
+    l.ds0 = d->down_stride[0];
+    l.ds1 = d->down_stride[1];
+    l.vec = layout == 1;
+    l.tvec = layout == 2;
+    l.t = d->lowrank;
+    const unsigned groups = (unsigned)((d->M + LR_TOKENS - 1) / LR_TOKENS);
+    const bool bf = d->x_dtype == SDNQ_DT_BF16;
+    if (layout == 2) {
+        const dim3 grid((unsigned)((d->rank + LR_TRANKS - 1) / LR_TRANKS), (unsigned)splits, groups);
+        const auto kernel = bf ? &lowrank_t_kernel<SDNQ_DT_BF16> : &lowrank_t_kernel<SDNQ_DT_F16>;
+        SDNQ_LAUNCH(kernel, grid, LR_THREADS, s, l);
+    } else {
+        const dim3 grid((unsigned)d->rank, (unsigned)splits, groups);
+        const auto kernel = bf ? &lowrank_kernel<SDNQ_DT_BF16> : &lowrank_kernel<SDNQ_DT_F16>;
+        SDNQ_LAUNCH(kernel, grid, LR_THREADS, s, l);
+    }
+    return launch_status();
+}
+
+}  // namespace
+
+extern "C" sdnq_status sdnq_cuda_gemv_supported(const sdnq_gemv_desc *d) { return prepare(d, NULL); }
+
+extern "C" sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream) {
+    GemvArgs a;
+    sdnq_status st = prepare(d, &a);
+    if (st != SDNQ_OK || d->N == 0) return st;
+    cudaStream_t s = as_stream(stream);
+    if (d->rank > 0) {
+        int32_t kc;
+        const int layout = lowrank_layout(d);
+        a.splits = lowrank_splits(d, layout, &kc);
+        if ((st = launch_lowrank(d, layout, a.splits, kc, s)) != SDNQ_OK) return st;
+    }
+    const unsigned grid = (unsigned)((d->N + GEMV_ROWS - 1) / GEMV_ROWS);
+    switch (a.t.bits) {
+    case 2: launch_bits<2>(a, d->x_dtype, d->scale_dtype, grid, s); break;
+    case 3: launch_bits<3>(a, d->x_dtype, d->scale_dtype, grid, s); break;
+    case 4: launch_bits<4>(a, d->x_dtype, d->scale_dtype, grid, s); break;
+    case 5: launch_bits<5>(a, d->x_dtype, d->scale_dtype, grid, s); break;
+    case 6: launch_bits<6>(a, d->x_dtype, d->scale_dtype, grid, s); break;
+    case 7: launch_bits<7>(a, d->x_dtype, d->scale_dtype, grid, s); break;
+    default: launch_bits<8>(a, d->x_dtype, d->scale_dtype, grid, s); break;
+    }
+    return launch_status();
+}

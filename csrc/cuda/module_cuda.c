@@ -1,0 +1,413 @@
+/*
+ * module_cuda.c - comfy_sdnq._C_cuda, the CPython binding of the CUDA kernels.
+ *
+ * A separate limited-API (abi3) module, so the CPU module comfy_sdnq._C never
+ * depends on CUDA. Same style as csrc/module.c: every function takes plain
+ * integers (device pointers from torch's data_ptr(), sizes, strides, type and
+ * dtype ids, the cudaStream_t as an integer), launches on that stream and
+ * turns a status into comfy_sdnq._C_cuda.SdnqError(message, status), a
+ * ValueError. Launches are asynchronous and quick, so the GIL stays held
+ * (which also serializes the cuBLASLt contexts, which are not thread-safe).
+ * Importing it needs no GPU: nothing touches the device before the first call.
+ *
+ * In Python terms:
+ *
+ *     class SdnqError(ValueError): ...        # args: (message, status)
+ *     UNSUPPORTED: int                         # the status of valid input a kernel does not take
+ *     def dequantize(type, outer, red, inner, codes, codes_bytes, scale, scale_dtype, scale_numel,
+ *                    ss0, ss1, ss2, zp, zp_numel, zs0, zs1, codebook, out, out_dtype, out_numel,
+ *                    os0, os1, os2, stream) -> None
+ *     def dequantize_svd(<dequantize's arguments but stream>, rows, cols, rank, up, up_dtype, up_numel,
+ *                        us0, us1, down, down_dtype, down_numel, ds0, ds1, stream) -> None
+ *     def svd_add(w, w_dtype, rows, cols, w_numel, rank, up, up_dtype, up_numel, us0, us1,
+ *                 down, down_dtype, down_numel, ds0, ds1, stream) -> None
+ *     def hadamard(w, w_dtype, rows, cols, w_numel, h, kind, stream) -> None
+ *     def gemv(type, M, N, K, x, x_dtype, x_numel, ldx, y, y_numel, ldy, bias, bias_numel,
+ *              codes, codes_bytes, red, scale, scale_dtype, scale_numel, scale_stride,
+ *              zp, zp_numel, zp_stride, rank, up, up_dtype, up_numel, us0, us1,
+ *              down, down_dtype, down_numel, ds0, ds1, lowrank, lowrank_numel, stream) -> int
+ *                                              # 0: launched; else the refusal's status (nothing ran)
+ *     def gemv_supported(<the same arguments>) -> int   # 0 (OK) or the status gemv would return
+ *     def quantize_rows(x, x_dtype, rows, cols, ldx, x_numel, q, q_dtype, q_numel,
+ *                       scale, scale_numel, stream) -> None
+ *     def scale_epilogue(M, N, acc, acc_dtype, acc_numel, a_scale, a_scale_numel, b_scale,
+ *                        b_scale_dtype, b_scale_numel, b_scale_stride, bias, bias_numel,
+ *                        out, out_dtype, out_numel, stream) -> None
+ *     def lt_matmul(device, M, N, K, in_dtype, a, a_numel, b, b_numel, b_kn, d, d_dtype, d_numel,
+ *                   a_scale, b_scale, bias, workspace, workspace_bytes, fast_accum, stream) -> None
+ */
+#define PY_SSIZE_T_CLEAN
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x030A0000
+#endif
+#include <Python.h>
+
+#include "sdnq/sdnq_cuda.h"
+
+#define MAX_DEVICES 64
+
+typedef struct {
+    PyObject *error;                  /* comfy_sdnq._C_cuda.SdnqError            */
+    sdnq_cuda_lt *lt[MAX_DEVICES];    /* cuBLASLt contexts, created on first use */
+} module_state;
+
+static inline module_state *get_state(PyObject *module) { return (module_state *)PyModule_GetState(module); }
+
+static int parse_i64(const char *fname, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected,
+                     int64_t *out) {
+    if (nargs != expected) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", fname, expected, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        long long v = PyLong_AsLongLong(args[i]);
+        if (v == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%s(): argument %zd must be an integer", fname, i + 1);
+            return -1;
+        }
+        out[i] = (int64_t)v;
+    }
+    return 0;
+}
+
+static PyObject *raise_status(PyObject *module, const char *fname, sdnq_status st) {
+    PyObject *msg = PyUnicode_FromFormat("%s: %s (status %d)", fname, sdnq_status_str(st), (int)st);
+    if (msg == NULL) return NULL;
+    PyObject *exc = PyObject_CallFunction(get_state(module)->error, "Oi", msg, (int)st);
+    Py_DECREF(msg);
+    if (exc == NULL) return NULL;
+    PyErr_SetObject(get_state(module)->error, exc);
+    Py_DECREF(exc);
+    return NULL;
+}
+
+#define PTR(x) ((void *)(intptr_t)(x))
+#define CPTR(x) ((const void *)(intptr_t)(x))
+#define DONE(fname, call)                                            \
+    do {                                                             \
+        sdnq_status st_ = (call);                                    \
+        if (st_ != SDNQ_OK) return raise_status(module, fname, st_); \
+        Py_RETURN_NONE;                                              \
+    } while (0)
+
+/* ------------------------------------------------------------------------ */
+
+PyDoc_STRVAR(dequantize_doc, "dequantize(type, outer, red, inner, codes, codes_bytes, scale, scale_dtype, "
+                             "scale_numel, ss0, ss1, ss2, zp, zp_numel, zs0, zs1, codebook, out, out_dtype, "
+                             "out_numel, os0, os1, os2, stream)");
+
+static PyObject *dequantize(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[24];
+    if (parse_i64("dequantize", args, nargs, 24, a) < 0) return NULL;
+    sdnq_dequant_desc d = {
+        .type = (int32_t)a[0],
+        .outer = a[1],
+        .red = a[2],
+        .inner = a[3],
+        .codes = CPTR(a[4]),
+        .codes_bytes = a[5],
+        .scale = CPTR(a[6]),
+        .scale_dtype = (int32_t)a[7],
+        .scale_numel = a[8],
+        .scale_stride = {a[9], a[10], a[11]},
+        .zero_point = CPTR(a[12]),
+        .zp_numel = a[13],
+        .zp_stride = {a[14], a[15]},
+        .codebook = (int32_t)a[16],
+        .out = PTR(a[17]),
+        .out_dtype = (int32_t)a[18],
+        .out_numel = a[19],
+        .out_stride = {a[20], a[21], a[22]},
+    };
+    DONE("dequantize", sdnq_cuda_dequantize(&d, PTR(a[23])));
+}
+
+PyDoc_STRVAR(dequantize_svd_doc, "dequantize_svd(<dequantize's arguments but stream>, rows, cols, rank, up, "
+                                 "up_dtype, up_numel, us0, us1, down, down_dtype, down_numel, ds0, ds1, stream)");
+
+static PyObject *dequantize_svd(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[37];
+    if (parse_i64("dequantize_svd", args, nargs, 37, a) < 0) return NULL;
+    sdnq_dequant_desc d = {
+        .type = (int32_t)a[0],
+        .outer = a[1],
+        .red = a[2],
+        .inner = a[3],
+        .codes = CPTR(a[4]),
+        .codes_bytes = a[5],
+        .scale = CPTR(a[6]),
+        .scale_dtype = (int32_t)a[7],
+        .scale_numel = a[8],
+        .scale_stride = {a[9], a[10], a[11]},
+        .zero_point = CPTR(a[12]),
+        .zp_numel = a[13],
+        .zp_stride = {a[14], a[15]},
+        .codebook = (int32_t)a[16],
+        .out = PTR(a[17]),
+        .out_dtype = (int32_t)a[18],
+        .out_numel = a[19],
+        .out_stride = {a[20], a[21], a[22]},
+    };
+    sdnq_svd_desc s = {
+        .w = PTR(a[17]),
+        .w_dtype = (int32_t)a[18],
+        .rows = a[23],
+        .cols = a[24],
+        .w_numel = a[19],
+        .rank = a[25],
+        .up = CPTR(a[26]),
+        .up_dtype = (int32_t)a[27],
+        .up_numel = a[28],
+        .up_stride = {a[29], a[30]},
+        .down = CPTR(a[31]),
+        .down_dtype = (int32_t)a[32],
+        .down_numel = a[33],
+        .down_stride = {a[34], a[35]},
+    };
+    DONE("dequantize_svd", sdnq_cuda_dequantize_svd(&d, &s, PTR(a[36])));
+}
+
+PyDoc_STRVAR(svd_add_doc, "svd_add(w, w_dtype, rows, cols, w_numel, rank, up, up_dtype, up_numel, us0, us1, "
+                          "down, down_dtype, down_numel, ds0, ds1, stream)");
+
+static PyObject *svd_add(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[17];
+    if (parse_i64("svd_add", args, nargs, 17, a) < 0) return NULL;
+    sdnq_svd_desc d = {
+        .w = PTR(a[0]),
+        .w_dtype = (int32_t)a[1],
+        .rows = a[2],
+        .cols = a[3],
+        .w_numel = a[4],
+        .rank = a[5],
+        .up = CPTR(a[6]),
+        .up_dtype = (int32_t)a[7],
+        .up_numel = a[8],
+        .up_stride = {a[9], a[10]},
+        .down = CPTR(a[11]),
+        .down_dtype = (int32_t)a[12],
+        .down_numel = a[13],
+        .down_stride = {a[14], a[15]},
+    };
+    DONE("svd_add", sdnq_cuda_svd_add(&d, PTR(a[16])));
+}
+
+PyDoc_STRVAR(hadamard_doc, "hadamard(w, w_dtype, rows, cols, w_numel, h, kind, stream)");
+
+static PyObject *hadamard(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[8];
+    if (parse_i64("hadamard", args, nargs, 8, a) < 0) return NULL;
+    DONE("hadamard", sdnq_cuda_hadamard(PTR(a[0]), (int32_t)a[1], a[2], a[3], a[4], a[5], (int32_t)a[6], PTR(a[7])));
+}
+
+#define GEMV_NARGS 37
+
+static int gemv_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, sdnq_gemv_desc *d, void **stream) {
+    int64_t a[GEMV_NARGS];
+    if (parse_i64(fname, args, nargs, GEMV_NARGS, a) < 0) return -1;
+    *d = (sdnq_gemv_desc){
+        .type = (int32_t)a[0],
+        .M = a[1],
+        .N = a[2],
+        .K = a[3],
+        .x = CPTR(a[4]),
+        .x_dtype = (int32_t)a[5],
+        .x_numel = a[6],
+        .ldx = a[7],
+        .y = PTR(a[8]),
+        .y_numel = a[9],
+        .ldy = a[10],
+        .bias = CPTR(a[11]),
+        .bias_numel = a[12],
+        .codes = CPTR(a[13]),
+        .codes_bytes = a[14],
+        .red = a[15],
+        .scale = CPTR(a[16]),
+        .scale_dtype = (int32_t)a[17],
+        .scale_numel = a[18],
+        .scale_stride = a[19],
+        .zero_point = CPTR(a[20]),
+        .zp_numel = a[21],
+        .zp_stride = a[22],
+        .rank = a[23],
+        .up = CPTR(a[24]),
+        .up_dtype = (int32_t)a[25],
+        .up_numel = a[26],
+        .up_stride = {a[27], a[28]},
+        .down = CPTR(a[29]),
+        .down_dtype = (int32_t)a[30],
+        .down_numel = a[31],
+        .down_stride = {a[32], a[33]},
+        .lowrank = (float *)PTR(a[34]),
+        .lowrank_numel = a[35],
+    };
+    *stream = PTR(a[36]);
+    return 0;
+}
+
+PyDoc_STRVAR(gemv_doc, "gemv(type, M, N, K, x, x_dtype, x_numel, ldx, y, y_numel, ldy, bias, bias_numel, codes, "
+                       "codes_bytes, red, scale, scale_dtype, scale_numel, scale_stride, zp, zp_numel, zp_stride, "
+                       "rank, up, up_dtype, up_numel, us0, us1, down, down_dtype, down_numel, ds0, ds1, lowrank, "
+                       "lowrank_numel, stream) -> 0 when launched, else the status of the refusal (nothing ran)");
+
+/* validation and launch in one call: a refused descriptor returns its status (the
+ * caller falls back to dequantize + GEMM); only a failed launch raises */
+static PyObject *gemv(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    sdnq_gemv_desc d;
+    void *stream;
+    if (gemv_args("gemv", args, nargs, &d, &stream) < 0) return NULL;
+    sdnq_status st = sdnq_cuda_gemv(&d, stream);
+    if (st == SDNQ_ERR_DEVICE) return raise_status(module, "gemv", st);
+    return PyLong_FromLong((long)st);
+}
+
+PyDoc_STRVAR(gemv_supported_doc, "gemv_supported(<gemv's arguments>) -> 0 if gemv takes them, else its status");
+
+static PyObject *gemv_supported(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    sdnq_gemv_desc d;
+    void *stream;
+    if (gemv_args("gemv_supported", args, nargs, &d, &stream) < 0) return NULL;
+    return PyLong_FromLong((long)sdnq_cuda_gemv_supported(&d));
+}
+
+PyDoc_STRVAR(quantize_rows_doc, "quantize_rows(x, x_dtype, rows, cols, ldx, x_numel, q, q_dtype, q_numel, scale, "
+                                "scale_numel, stream)");
+
+static PyObject *quantize_rows(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[12];
+    if (parse_i64("quantize_rows", args, nargs, 12, a) < 0) return NULL;
+    DONE("quantize_rows", sdnq_cuda_quantize_rows(CPTR(a[0]), (int32_t)a[1], a[2], a[3], a[4], a[5], PTR(a[6]),
+                                                  (int32_t)a[7], a[8], (float *)PTR(a[9]), a[10], PTR(a[11])));
+}
+
+PyDoc_STRVAR(scale_epilogue_doc, "scale_epilogue(M, N, acc, acc_dtype, acc_numel, a_scale, a_scale_numel, b_scale, "
+                                 "b_scale_dtype, b_scale_numel, b_scale_stride, bias, bias_numel, out, out_dtype, "
+                                 "out_numel, stream)");
+
+static PyObject *scale_epilogue(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[17];
+    if (parse_i64("scale_epilogue", args, nargs, 17, a) < 0) return NULL;
+    sdnq_epilogue_desc d = {
+        .M = a[0],
+        .N = a[1],
+        .acc = CPTR(a[2]),
+        .acc_dtype = (int32_t)a[3],
+        .acc_numel = a[4],
+        .a_scale = (const float *)CPTR(a[5]),
+        .a_scale_numel = a[6],
+        .b_scale = CPTR(a[7]),
+        .b_scale_dtype = (int32_t)a[8],
+        .b_scale_numel = a[9],
+        .b_scale_stride = a[10],
+        .bias = CPTR(a[11]),
+        .bias_numel = a[12],
+        .out = PTR(a[13]),
+        .out_dtype = (int32_t)a[14],
+        .out_numel = a[15],
+    };
+    DONE("scale_epilogue", sdnq_cuda_scale_epilogue(&d, PTR(a[16])));
+}
+
+PyDoc_STRVAR(lt_matmul_doc, "lt_matmul(device, M, N, K, in_dtype, a, a_numel, b, b_numel, b_kn, d, d_dtype, "
+                            "d_numel, a_scale, b_scale, bias, workspace, workspace_bytes, fast_accum, stream)");
+
+static PyObject *lt_matmul(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[20];
+    if (parse_i64("lt_matmul", args, nargs, 20, a) < 0) return NULL;
+    if (a[0] < 0 || a[0] >= MAX_DEVICES) {
+        PyErr_Format(PyExc_ValueError, "lt_matmul: device index %lld out of range", (long long)a[0]);
+        return NULL;
+    }
+    module_state *state = get_state(module);
+    if (state->lt[a[0]] == NULL) {
+        sdnq_status st = sdnq_cuda_lt_create(&state->lt[a[0]]);
+        if (st != SDNQ_OK) return raise_status(module, "lt_matmul (cublasLtCreate)", st);
+    }
+    sdnq_lt_matmul_desc d = {
+        .M = a[1],
+        .N = a[2],
+        .K = a[3],
+        .in_dtype = (int32_t)a[4],
+        .a = CPTR(a[5]),
+        .a_numel = a[6],
+        .b = CPTR(a[7]),
+        .b_numel = a[8],
+        .b_kn = (int32_t)a[9],
+        .d = PTR(a[10]),
+        .d_dtype = (int32_t)a[11],
+        .d_numel = a[12],
+        .a_scale = (const float *)CPTR(a[13]),
+        .b_scale = (const float *)CPTR(a[14]),
+        .bias = CPTR(a[15]),
+        .workspace = PTR(a[16]),
+        .workspace_bytes = a[17],
+        .fast_accum = (int32_t)a[18],
+    };
+    DONE("lt_matmul", sdnq_cuda_lt_matmul(state->lt[a[0]], &d, PTR(a[19])));
+}
+
+/* ------------------------------------------------------------------------ */
+/* module                                                                    */
+
+static PyMethodDef module_methods[] = {
+    {"dequantize",     (PyCFunction)(void (*)(void))dequantize,     METH_FASTCALL, dequantize_doc},
+    {"dequantize_svd", (PyCFunction)(void (*)(void))dequantize_svd, METH_FASTCALL, dequantize_svd_doc},
+    {"svd_add",        (PyCFunction)(void (*)(void))svd_add,        METH_FASTCALL, svd_add_doc},
+    {"hadamard",       (PyCFunction)(void (*)(void))hadamard,       METH_FASTCALL, hadamard_doc},
+    {"gemv",           (PyCFunction)(void (*)(void))gemv,           METH_FASTCALL, gemv_doc},
+    {"gemv_supported", (PyCFunction)(void (*)(void))gemv_supported, METH_FASTCALL, gemv_supported_doc},
+    {"quantize_rows",  (PyCFunction)(void (*)(void))quantize_rows,  METH_FASTCALL, quantize_rows_doc},
+    {"scale_epilogue", (PyCFunction)(void (*)(void))scale_epilogue, METH_FASTCALL, scale_epilogue_doc},
+    {"lt_matmul",      (PyCFunction)(void (*)(void))lt_matmul,      METH_FASTCALL, lt_matmul_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *module) {
+    module_state *state = get_state(module);
+    state->error = PyErr_NewException("comfy_sdnq._C_cuda.SdnqError", PyExc_ValueError, NULL);
+    if (state->error == NULL) return -1;
+    if (PyModule_AddObjectRef(module, "SdnqError", state->error) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "API_VERSION", SDNQ_API_VERSION) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "UNSUPPORTED", SDNQ_ERR_UNSUPPORTED) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "GEMV_MAX_M", SDNQ_GEMV_MAX_M) < 0) return -1;
+    if (PyModule_AddIntConstant(module, "GEMV_LOWRANK_SPLITS", SDNQ_GEMV_LOWRANK_SPLITS) < 0) return -1;
+    return 0;
+}
+
+static int module_traverse(PyObject *module, visitproc visit, void *arg) {
+    module_state *state = get_state(module);
+    Py_VISIT(state->error);
+    return 0;
+}
+
+/* The cuBLASLt contexts are not destroyed: at interpreter exit the CUDA
+ * runtime may already be torn down (torch leaks its handles for the same
+ * reason); they live as long as the process. */
+static int module_clear(PyObject *module) {
+    module_state *state = get_state(module);
+    Py_CLEAR(state->error);
+    return 0;
+}
+
+static void module_free(void *module) { (void)module_clear((PyObject *)module); }
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "comfy_sdnq._C_cuda",
+    .m_doc = "CUDA kernels of comfy_sdnq: SDNQ dequantization, small-M linear, W8A8 GEMM pieces.",
+    .m_size = sizeof(module_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC PyInit__C_cuda(void) { return PyModuleDef_Init(&module_def); }
