@@ -6,16 +6,15 @@
 
 #include "sdnq/sdnq.h"
 
-/* sdnq's packing block per bit width (SDNQ_BLOCK lines); 0 marks no block */
-static const int32_t block_elems_by_bits[17] = {
-#define SDNQ_BLOCK(bits, elems, words) [bits] = elems,
+/* sdnq's packing block per bit width (SDNQ_BLOCK lines), as enum constants so the traits table
+ * below stays a constant initializer in standard C (reading a const array there is a GCC
+ * extension that Clang rejects). Widths with no block (32: never packed) are 0. */
+enum {
+#define SDNQ_BLOCK(bits, elems, words) SDNQ_BLOCK_ELEMS_##bits = elems, SDNQ_BLOCK_WORDS_##bits = words,
 #include "sdnq/types.def"
 #undef SDNQ_BLOCK
-};
-static const int32_t block_words_by_bits[17] = {
-#define SDNQ_BLOCK(bits, elems, words) [bits] = words,
-#include "sdnq/types.def"
-#undef SDNQ_BLOCK
+    SDNQ_BLOCK_ELEMS_32 = 0,
+    SDNQ_BLOCK_WORDS_32 = 0
 };
 
 static const sdnq_type_traits type_table[SDNQ_TYPE_END] = {
@@ -32,8 +31,8 @@ static const sdnq_type_traits type_table[SDNQ_TYPE_END] = {
              .is_unsigned = SDNQ_FAMILY_##fam == SDNQ_FAMILY_UINT || SDNQ_FAMILY_##fam == SDNQ_FAMILY_UFLOATX, \
              .is_integer = SDNQ_FAMILY_##fam == SDNQ_FAMILY_INT || SDNQ_FAMILY_##fam == SDNQ_FAMILY_UINT,      \
              .is_packed = packed,                                                                  \
-             .block_elems = packed ? block_elems_by_bits[bits_] : 1,                               \
-             .block_words = packed ? block_words_by_bits[bits_] : 1},
+             .block_elems = packed ? SDNQ_BLOCK_ELEMS_##bits_ : 1,                               \
+             .block_words = packed ? SDNQ_BLOCK_WORDS_##bits_ : 1},
 #include "sdnq/types.def"
 #undef SDNQ_TYPE
 };

@@ -157,6 +157,13 @@ static void test_table(void) {
         if (t == NULL) continue;
         CHECK_EQ(sdnq_type_by_name(t->name), id);
         CHECK(dsize(t->storage) > 0 && (t->is_packed || (t->block_elems == 1 && t->block_words == 1)));
+        /* packed types carry their width's SDNQ_BLOCK line (types.c builds the table from enum constants
+         * so that Clang, which rejects array reads in a static initializer, compiles it too) */
+        int32_t be = 0, bw = 0;
+#define SDNQ_BLOCK(bits_, elems_, words_) if (t->bits == bits_) be = elems_, bw = words_;
+#include "sdnq/types.def"
+#undef SDNQ_BLOCK
+        if (t->is_packed) CHECK(be > 0 && t->block_elems == be && t->block_words == bw);
     }
     for (int32_t i = 0; i < 36; i++) {
         CTX("alias %d", i);
