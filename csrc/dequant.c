@@ -49,6 +49,8 @@ sdnq_status sdnq_dequantize_ref(const sdnq_dequant_desc *d) {
     int64_t levels;
     sdnq_status st = sdnq_dequant_check(d, &t, &levels);
     if (st != SDNQ_OK) return st;
+    /* no elements: return before looping over the other, possibly huge, extents */
+    if (d->outer == 0 || d->red == 0 || d->inner == 0) return SDNQ_OK;
     const int asym = t->is_unsigned && !d->codebook;
     for (int64_t o = 0; o < d->outer; o++)
         for (int64_t j = 0; j < d->red; j++)

@@ -278,7 +278,7 @@ sdnq_status sdnq_hadamard_entry(int64_t h, int32_t kind, int32_t dtype, int64_t 
 sdnq_status sdnq_hadamard_ref(void *w, int32_t dt, int64_t rows, int64_t cols, int64_t w_numel, int64_t h,
                               int32_t kind) {
     sdnq_status st = sdnq_hadamard_check(w, dt, rows, cols, w_numel, h, kind);
-    if (st != SDNQ_OK) return st;
+    if (st != SDNQ_OK || rows == 0 || cols == 0) return st; /* rows alone may be huge when cols is 0 */
     const int radix = sdnq_hadamard_radix(h, kind);
     const float c = hadamard_scale(h, dt);
     float x[SDNQ_HADAMARD_MAX], y[SDNQ_HADAMARD_MAX];

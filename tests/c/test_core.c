@@ -989,6 +989,17 @@ static void test_size_overflow_regressions(void) {
     sdnq_quant_desc q = qd(SDNQ_TYPE_INT8, 1, 4, 1, 0, w4, SDNQ_DT_F32);
     q.outer = INT64_MAX, q.red = 0, q.inner = 2;
     CHECK_ST(sdnq_quantize_ref(&q), SDNQ_ERR_OVERFLOW), CHECK_ST(sdnq_quantize(&q, 1), SDNQ_ERR_OVERFLOW);
+    /* found by fuzzing: with one extent 0 and the others huge there are no elements, but the
+     * references looped over the huge extents (outer * red empty iterations for dequantize, rows
+     * for the Hadamard transform): a hang. Want: OK at once. */
+    d.outer = (int64_t)1 << 31, d.red = (int64_t)1 << 31, d.inner = 0;
+    CHECK_ST(sdnq_dequantize_ref(&d), SDNQ_OK), CHECK_ST(sdnq_dequantize(&d, 1), SDNQ_OK);
+    d.outer = INT64_MAX, d.red = 0, d.inner = INT64_MAX;
+    CHECK_ST(sdnq_dequantize_ref(&d), SDNQ_OK), CHECK_ST(sdnq_dequantize(&d, 1), SDNQ_OK);
+    float hw[4] = {1, 2, 3, 4};
+    CHECK_ST(sdnq_hadamard_ref(hw, SDNQ_DT_F32, INT64_MAX, 0, 4, 2, SDNQ_HADAMARD_SYLVESTER), SDNQ_OK);
+    CHECK_ST(sdnq_hadamard(hw, SDNQ_DT_F32, INT64_MAX, 0, 4, 2, SDNQ_HADAMARD_SYLVESTER, 1), SDNQ_OK);
+    CHECK(hw[0] == 1 && hw[3] == 4);
     tfree_all();
 }
 
