@@ -278,7 +278,7 @@ SDNQ_HD uint32_t sdnq_floatx_encode(float f, int bits, int e, int m, int is_sign
 /* Packed types: integers (signed ones carry the offset -min), float codes. */
 SDNQ_HD float sdnq_code_value(const sdnq_type_traits *t, int32_t code) {
     switch (t->family) {
-    case SDNQ_FAMILY_INT: return (float)(code + (int32_t)t->min);
+    case SDNQ_FAMILY_INT: return (float)((int64_t)code + (int64_t)t->min); /* any int32 code: no overflow */
     case SDNQ_FAMILY_UINT: return (float)code;
     case SDNQ_FAMILY_FLOATX: return sdnq_floatx_decode((uint32_t)code, t->bits, t->exponent, t->mantissa, 1);
     case SDNQ_FAMILY_UFLOATX: return sdnq_floatx_decode((uint32_t)code, t->bits, t->exponent, t->mantissa, 0);

@@ -1000,6 +1000,12 @@ static void test_size_overflow_regressions(void) {
     CHECK_ST(sdnq_hadamard_ref(hw, SDNQ_DT_F32, INT64_MAX, 0, 4, 2, SDNQ_HADAMARD_SYLVESTER), SDNQ_OK);
     CHECK_ST(sdnq_hadamard(hw, SDNQ_DT_F32, INT64_MAX, 0, 4, 2, SDNQ_HADAMARD_SYLVESTER, 1), SDNQ_OK);
     CHECK(hw[0] == 1 && hw[3] == 4);
+    /* found by fuzzing: sdnq_decode_ref takes any int32 codes; a signed integer code near INT32_MIN
+     * plus the type's offset overflowed int (undefined behaviour). Want: the value, computed wide. */
+    const int32_t far[2] = {INT32_MIN, INT32_MAX};
+    float fv[2];
+    CHECK_ST(sdnq_decode_ref(SDNQ_TYPE_INT15, far, 2, fv), SDNQ_OK);
+    CHECK(fv[0] == (float)((int64_t)INT32_MIN - 16384) && fv[1] == (float)((int64_t)INT32_MAX - 16384));
     tfree_all();
 }
 
