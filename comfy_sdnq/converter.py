@@ -446,12 +446,20 @@ class _Output:
         self.tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(self.dst) + "-", dir=parent)
 
     def commit(self):
-        old = None
-        if os.path.exists(self.dst):
-            old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(self.dst))
-            os.rmdir(old)
-            os.replace(self.dst, old)
-        os.replace(self.tmp, self.dst)
+        old = moved = None
+        try:
+            if os.path.exists(self.dst):
+                old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(self.dst))
+                os.rmdir(old)
+                os.replace(self.dst, old)
+                moved = old
+            os.replace(self.tmp, self.dst)
+            moved = None
+        except BaseException:
+            # interrupted (or failed) between the two renames: the old output goes back
+            if moved is not None and not os.path.exists(self.dst):
+                os.replace(moved, self.dst)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True) if os.path.isdir(old) else os.unlink(old)
 
