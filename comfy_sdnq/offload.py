@@ -14,7 +14,12 @@ host -> device copy on a side CUDA stream, issued while the block before it comp
 (the successor is learnt from the order blocks run in), and the compute stream waits
 for it only when the copy is late. After the block, its device copy is dropped. At
 most 2 x prefetch + 2 block copies are alive: the host waits before issuing a copy
-while older ones are still in use, which bounds device memory by a few blocks.
+while older ones are still in use, which bounds device memory by a few blocks. A forward
+that raises (an interrupt, an OOM; any BaseException) skips the blocks' post-hooks: a guard
+on the forward of the module that runs the blocks then puts every block back on its host
+copy, synchronizes the side stream and drops the device copies before the exception
+leaves. remove() and release() synchronize the side stream too, so no copy still reads a
+host buffer that is about to be freed.
 
 "model": the whole model is one such unit, moved in by a pre-hook on the model and its
 direct children (and by diffusers' `_hf_hook.pre_forward` protocol, for vae.decode and
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import inspect
 import time
 import weakref
 from dataclasses import dataclass
@@ -336,9 +342,14 @@ class _Mover:
         self.retired.append((buf, done))
 
     def clear(self) -> None:
+        """every unit back on its host copy, every copy finished, the device copies dropped"""
         for unit in list(self.live):
             self.release(unit)
         if self.cuda:
+            if self.stream is not None:
+                # a prefetch still in flight reads a host buffer that may be freed (unregistered)
+                # next: wait for it, not only for the compute stream
+                self.stream.synchronize()
             self.api.current_stream(self.device).synchronize()
             self.retired.clear()
             self.api.empty_cache()  # copies came from the side stream's pool: give them back
@@ -409,9 +420,19 @@ class _State:
     def __init__(self, model, mode, device, stats, group, prefetch, blocks, move_inputs, pin):
         self.mode, self.device, self.stats, self.group = mode, device, stats, group
         self.handles = []
+        self.guarded = []  # (module, its instance-level forward before ours, ours)
         self.mover = _Mover(device, stats, prefetch if mode == "layer" else 0, side_stream=mode == "layer")
         self.units = []
         self.unit = None
+        try:
+            self._setup(model, mode, device, stats, prefetch, blocks, move_inputs, pin)
+        except BaseException:
+            # interrupted half-way (KeyboardInterrupt while pinning, an OOM): no hook or
+            # guard stays behind; the weights are on their host copies or where they were
+            self.remove()
+            raise
+
+    def _setup(self, model, mode, device, stats, prefetch, blocks, move_inputs, pin):
         if mode == "none":
             move_module(model, device)
             stats.resident_bytes += weight_bytes(model.modules())
@@ -445,11 +466,12 @@ class _State:
                 units_slots[where.pop()].append((t, owners))
             else:  # outside the blocks, or tied across them: resident
                 resident.append((t, owners))
+        # the blocks packed first (the slow part, pinning): an interrupt there leaves nothing moved
+        self.units = [_Unit(name, s, pin) for (name, _), s in zip(found, units_slots)]
         for t, owners in resident:
             if t.device != self.device:
                 _set(owners, move(t, self.device))
         self.stats.resident_bytes += sum(nbytes(t) for t, _ in resident)
-        self.units = [_Unit(name, s, pin) for (name, _), s in zip(found, units_slots)]
         for u in self.units:
             self.stats.streamed_bytes += u.nbytes
             self.stats.max_unit_bytes = max(self.stats.max_unit_bytes, u.nbytes)
@@ -459,6 +481,38 @@ class _State:
             self.handles.append(b.register_forward_pre_hook(
                 lambda m, args, u=u, nxt=nxt: self.mover.acquire(u, nxt)))
             self.handles.append(b.register_forward_hook(lambda m, args, out, u=u: self.mover.release(u)))
+        # the modules that run the blocks: a forward that raises (an interrupt, an OOM) skips
+        # the blocks' post-hooks, so the guard puts every block back and waits for the copies
+        for name in sorted({_runner(name) for name, _ in found}):
+            self._guard(model.get_submodule(name) if name else model)
+
+    def _guard(self, module) -> None:
+        state = weakref.ref(self)
+        inner = module.__dict__.get("forward")  # an instance-level forward (another wrapper), else the class's
+        run = inner if inner is not None else type(module).forward
+        owner = weakref.ref(module)
+
+        def forward(*args, **kwargs):
+            try:
+                return inner(*args, **kwargs) if inner is not None else run(owner(), *args, **kwargs)
+            except BaseException:
+                st = state()
+                if st is not None:
+                    st.abort()
+                raise
+
+        try:  # what the model's forward looks like to callers inspecting it (diffusers pipelines do)
+            forward.__signature__ = inspect.signature(module.forward)
+        except (TypeError, ValueError):
+            pass
+        forward.__doc__ = getattr(run, "__doc__", None)
+        module.__dict__["forward"] = forward
+        self.guarded.append((module, inner, forward))
+
+    def abort(self) -> None:
+        """after a forward that raised: every streamed block on its host copy, the side
+        stream synchronized, the device copies dropped (the next forward starts afresh)"""
+        self.mover.clear()
 
     # model mode
     def _model_pre(self, module, args):
@@ -486,7 +540,20 @@ class _State:
         for h in self.handles:
             h.remove()
         self.handles = []
+        for module, inner, ours in self.guarded:
+            if module.__dict__.get("forward") is ours:
+                if inner is None:
+                    del module.__dict__["forward"]
+                else:
+                    module.__dict__["forward"] = inner
+        self.guarded = []
         self.offload()
+
+
+def _runner(block: str) -> str:
+    """the module that runs a block: the owner of its nn.ModuleList ("a.blocks.3" -> "a")"""
+    parts = block.split(".")
+    return ".".join(parts[:-2])
 
 
 def _to(obj, device):
