@@ -20,6 +20,11 @@ import torch
 from .errors import SdnqFormatError, SdnqWriteError
 
 MAX_HEADER = 100 * 1024 * 1024  # the limit safetensors itself enforces
+# JSON parsed into Python objects costs ~100 bytes per value: a 100 MB header of tiny entries
+# ("[0,0,...]", a million empty tensors) would take gigabytes and minutes. 2M containers and
+# separators bound it to a few hundred MB, and leave room for ~200k tensors per file (a 5 GB
+# shard of the largest SDNQ models holds a few thousand).
+MAX_HEADER_VALUES = 2_000_000
 
 ST_DTYPES = {
     "BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "U16": torch.uint16,
@@ -30,6 +35,7 @@ ST_DTYPES = {
 if hasattr(torch, "float8_e8m0fnu"):
     ST_DTYPES["F8_E8M0"] = torch.float8_e8m0fnu
 ST_NAMES = {v: k for k, v in ST_DTYPES.items()}
+_ELEMENT_SIZE = {k: torch.empty((), dtype=v).element_size() for k, v in ST_DTYPES.items()}
 
 
 def _unique_keys(pairs):
@@ -57,6 +63,34 @@ def load_json(text: bytes, what: str):
         raise SdnqFormatError(f"{what} is not valid JSON: {exc}") from None
 
 
+def _check_value_count(raw: bytes, path: str) -> None:
+    """refuse a header of more JSON values than MAX_HEADER_VALUES, before parsing it: every
+    value but the first of a container follows a comma, every container opens with [ or {"""
+    values = raw.count(b",") + raw.count(b"[") + raw.count(b"{")
+    if values > MAX_HEADER_VALUES:
+        raise SdnqFormatError(f"{path}: header holds about {values} JSON values, more than {MAX_HEADER_VALUES} "
+                              "(not a model's header)")
+
+
+def check_header_cost(path: str) -> None:
+    """For readers that parse the header themselves (the safetensors library in ComfyUI's
+    stock loader): raise SdnqFormatError if the header holds more JSON values than any
+    model's (parsing it would take gigabytes; the library aborts the process when an
+    allocation fails). Anything else, an unreadable file included, is left to that reader."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or n > os.fstat(f.fileno()).st_size - 8:
+                return
+            raw = f.read(n)
+    except OSError:
+        return
+    _check_value_count(raw, str(path))
+
+
 class SafetensorsFile:
     """One .safetensors file: validated header, tensors mapped on demand."""
 
@@ -76,6 +110,7 @@ class SafetensorsFile:
                 raise SdnqFormatError(f"{self.path}: header length {n} runs past the end of the {size}-byte file"
                                       if n <= MAX_HEADER else f"{self.path}: header length {n} exceeds {MAX_HEADER}")
             raw = f.read(n)
+            _check_value_count(raw, self.path)
             header = load_json(raw, f"{self.path}: header")
             if not isinstance(header, dict):
                 raise SdnqFormatError(f"{self.path}: header must be a JSON object")
@@ -104,7 +139,7 @@ class SafetensorsFile:
                     or not all(isinstance(o, int) and not isinstance(o, bool) for o in offs)):
                 raise SdnqFormatError(f"{where}: data_offsets {offs!r} must be [begin, end]")
             begin, end = offs
-            nbytes = math.prod(shape) * torch.empty((), dtype=ST_DTYPES[dt]).element_size()
+            nbytes = math.prod(shape) * _ELEMENT_SIZE[dt]
             if not 0 <= begin <= end <= self.data_size:
                 raise SdnqFormatError(f"{where}: data_offsets [{begin}, {end}] outside the {self.data_size} data bytes")
             if end - begin != nbytes:
@@ -113,10 +148,22 @@ class SafetensorsFile:
             self.entries[key] = (ST_DTYPES[dt], tuple(shape), begin, end)
             if end > begin:
                 spans.append((begin, end, key))
+        # the tensors tile the data section, as the safetensors library requires: no overlap, no
+        # bytes that belong to no tensor (a header length a few bytes off shifts every tensor)
         spans.sort()
         for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
             if b1 < e0:
                 raise SdnqFormatError(f"{self.path}: tensors {k0!r} and {k1!r} overlap in the file")
+            if b1 > e0:
+                raise SdnqFormatError(f"{self.path}: data bytes [{e0}, {b1}) between keys {k0!r} and {k1!r} "
+                                      "belong to no tensor")
+        if spans and spans[0][0] > 0:
+            raise SdnqFormatError(f"{self.path}: data bytes [0, {spans[0][0]}) before key {spans[0][2]!r} belong "
+                                  "to no tensor")
+        end = spans[-1][1] if spans else 0
+        if end != self.data_size:
+            raise SdnqFormatError(f"{self.path}: {self.data_size - end} byte(s) after the last tensor (tensors end at "
+                                  f"data byte {end}, the file at {self.data_size})")
 
     def keys(self):
         return self.entries.keys()

@@ -238,6 +238,16 @@ CONTAINER_CASES = [
     ("overlap", st_bytes({"x": GOOD["x"], "y": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}, DATA),
      ["'x' and 'y' overlap"]),
     ("overlap-same-span", st_bytes({"x": GOOD["x"], "y": GOOD["x"]}, DATA), ["'x' and 'y' overlap"]),
+    # the tensors must tile the data section (as the safetensors library requires): a header length a
+    # few bytes off shifts every tensor and would otherwise load as garbage
+    ("trailing-bytes", st_bytes(GOOD, DATA + b"\0"), ["1 byte(s) after the last tensor"]),
+    ("gap-before-first", st_bytes(entry(data_offsets=[4, 20]), bytes(20)),
+     ["data bytes [0, 4) before key 'x' belong to no tensor"]),
+    ("gap-between", st_bytes({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                              "y": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}, bytes(12)),
+     ["data bytes [4, 8) between keys 'x' and 'y' belong to no tensor"]),
+    # millions of JSON values: refused before parsing (it would take gigabytes)
+    ("header-2M-values", st_bytes(b"[" + b"0," * 2_000_001 + b"0]"), ["2000002 JSON values", "more than"]),
     ("duplicate-key", st_bytes(b'{"x": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, '
                                b'"x": {"dtype": "F32", "shape": [2], "data_offsets": [8, 16]}}', DATA),
      ["key 'x'", "more than once"]),

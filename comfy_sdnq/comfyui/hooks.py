@@ -8,17 +8,20 @@ wraps those four:
 
 * load_torch_file: an SDNQ file (config in __metadata__["sdnq_config"]) comes back with
   its quantized layers as SDNQ QuantizedTensors, so model detection sees logical shapes;
+  a .safetensors header of millions of JSON values (a memory bomb, no model's header) is
+  refused before the safetensors library parses it;
 * the three builders: a state dict holding SDNQ weights gets diffusers keys converted
   (fused layers stay separate parts), SDNQOps as custom_operations, and SDNQ patcher
   classes. State dicts without SDNQ weights go to the originals untouched.
 """
 import logging
+import os
 
 import comfy.model_detection
 import comfy.sd
 import comfy.utils
 
-from .. import files
+from .. import files, safetensors_io
 from . import check_version, convert, patcher
 from .ops import SDNQOps
 
@@ -40,6 +43,10 @@ def _ops(options: dict) -> dict:
 
 
 def load_torch_file(ckpt, safe_load=False, device=None, return_metadata=False):
+    if isinstance(ckpt, (str, os.PathLike)) and str(ckpt).lower().endswith((".safetensors", ".sft")):
+        # a header no model has (millions of JSON values) would take the safetensors library
+        # gigabytes to parse, or abort the process: refused before it reads the file
+        safetensors_io.check_header_cost(str(ckpt))
     sd, metadata = _orig(comfy.utils, "load_torch_file")(ckpt, safe_load=safe_load, device=device,
                                                            return_metadata=True)
     if isinstance(sd, dict) and metadata and files.CONFIG_KEY in metadata:
