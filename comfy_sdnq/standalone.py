@@ -81,14 +81,22 @@ def model_class(path) -> tuple[type, str]:
 
 
 @contextlib.contextmanager
-def _meta_parameters():
+def _meta_parameters(limit: int | None = None, too_many=None):
     """parameters created on the meta device (buffers stay real: some are computed in
-    __init__ and not saved); the weights come from the files"""
+    __init__ and not saved); the weights come from the files. More than `limit`
+    parameters raise too_many(count): a config that describes a far larger model than its
+    files hold fails before building it (a million layers would take gigabytes on meta)."""
     register = torch.nn.Module.register_parameter
+    count = 0
 
     def on_meta(module, name, param):
-        if param is not None and param.device.type != "meta":
-            param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        nonlocal count
+        if param is not None:
+            count += 1
+            if limit is not None and count > limit:
+                raise too_many(count)
+            if param.device.type != "meta":
+                param = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
         register(module, name, param)
 
     torch.nn.Module.register_parameter = on_meta
@@ -98,15 +106,31 @@ def _meta_parameters():
         torch.nn.Module.register_parameter = register
 
 
-def _instantiate(cls, library: str, cfg: dict, path: str) -> torch.nn.Module:
+def _instantiate(cls, library: str, cfg: dict, path: str, n_tensors: int | None = None) -> torch.nn.Module:
+    """the model class built from config.json on the meta device. A config its class cannot
+    build, or one describing far more parameters than the files' n_tensors tensors, raises
+    SdnqFormatError naming config.json."""
     cfg = {k: v for k, v in cfg.items() if k != "quantization_config"}
-    with _meta_parameters():
-        if library == "diffusers":
-            return cls.from_config(cfg)
-        config = cls.config_class.from_dict(cfg)
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        return cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+    where = os.path.join(path, "config.json")
+    limit = None if n_tensors is None else 2 * n_tensors + 1024  # tied weights count twice; buffers are free
+
+    def too_many(count):
+        return SdnqFormatError(f"{where}: {getattr(cls, '__name__', cls)} built from this config has more than "
+                               f"{count - 1} parameters, the model's files hold {n_tensors} tensors")
+
+    try:
+        with _meta_parameters(limit, too_many):
+            if library == "diffusers":
+                return cls.from_config(cfg)
+            config = cls.config_class.from_dict(cfg)
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            return cls._from_config(config) if hasattr(cls, "_from_config") else cls(config)
+    except (SdnqError, ImportError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - the class's own complaint about its arguments, whatever its type
+        raise SdnqFormatError(f"{where}: {getattr(cls, '__name__', cls)} cannot be built from this config "
+                              f"({type(exc).__name__}: {exc})") from exc
 
 
 def _plain_state_dict(path: str) -> dict:
@@ -237,14 +261,16 @@ def load_model(path, dtype: torch.dtype | None = None, device=None, offload: str
         cls, library = model_cls, "diffusers" if hasattr(model_cls, "from_config") else "transformers"
     else:
         cls, library = model_class(path)
-    model = _instantiate(cls, library, cfg, path)
-    if _is_sdnq_folder(path):
-        src = files.Source(path)
+    # the files' headers first (validated, nothing read): their tensor count bounds the model
+    src = files.Source(path) if _is_sdnq_folder(path) else None
+    plain = _plain_state_dict(path) if src is None else None
+    model = _instantiate(cls, library, cfg, path, len(src.keys()) if src is not None else len(plain))
+    if src is not None:
         shapes, kinds = _kinds(model)
         sd = files.state_dict(src, dtype, shapes=shapes, kinds=kinds)
         plain_dtype = dtype or src.dtype
     else:
-        sd = _plain_state_dict(path)
+        sd = plain
         plain_dtype = dtype or files._dtype_from(cfg)
     mapping = getattr(model, "_checkpoint_conversion_mapping", None)
     if isinstance(mapping, dict) and mapping:
