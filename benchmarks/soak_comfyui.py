@@ -65,22 +65,39 @@ SDNQ_FILE = "bench-flux-sdnq.safetensors"
 DENSE_FILE = "bench-flux-bf16.safetensors"
 # metrics the growth bound applies to (bytes; None where not measured)
 GROWTH_METRICS = ("rss", "torch_allocated", "device_used")
+# reported the same way, not bounded: RSS split into heap and mapped files, RSS after malloc_trim
+INFO_METRICS = ("rss_anon", "rss_file", "rss_trimmed")
 
 
 # ===========================================================================
 # the worker: every cycle in one ComfyUI process
 
 
+_STATUS = {"VmRSS": "rss", "RssAnon": "rss_anon", "RssFile": "rss_file", "VmPin": "pin", "VmLck": "lck"}
+
+
 def _proc_status() -> dict:
+    """VmRSS (rss) and its anonymous / file-backed parts (mapped model files count in RSS),
+    VmPin, VmLck, in bytes"""
     out = {}
     try:
         for line in open("/proc/self/status"):
-            if line.startswith(("VmRSS:", "VmPin:", "VmLck:")):
-                k, v = line.split(":", 1)
-                out[k[2:].lower()] = int(v.split()[0]) * 1024
+            k, _, v = line.partition(":")
+            if k in _STATUS:
+                out[_STATUS[k]] = int(v.split()[0]) * 1024
     except OSError:
         pass
     return out
+
+
+def _malloc_trim() -> bool:
+    """glibc's malloc_trim(0): freed heap memory back to the OS (False where unavailable)"""
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0) or True)
+    except (OSError, AttributeError):
+        return False
 
 
 def child_soak(spec: dict, result: dict) -> None:
@@ -158,6 +175,9 @@ def child_soak(spec: dict, result: dict) -> None:
         mm.cleanup_models()
         mm.soft_empty_cache()
         d = _proc_status()
+        if spec.get("malloc_trim") and _malloc_trim():
+            # diagnostic: what RSS is after the C heap gives its free memory back
+            d["rss_trimmed"] = _proc_status().get("rss")
         d["pinned"] = int(mm.TOTAL_PINNED_MEMORY)
         d["pinned_entries"] = len(mm.PINNED_MEMORY)
         models = loaded()
@@ -281,14 +301,16 @@ def check(res: dict, base_cycle: int, bound: int) -> dict:
             continue
         kind = by[start]["kind"]
         k = {"from_cycle": start, "to_cycle": end}
-        for m in GROWTH_METRICS:
+        for m in GROWTH_METRICS + INFO_METRICS:
             a, b = by[start].get(m), by[end].get(m)
             if a is None or b is None:
                 continue
             series = [(c, by[c][m]) for c in range(start, end + 1, 2) if by.get(c, {}).get(m) is not None]
             k[m] = {"base": a, "last": b, "growth": b - a, "max_above_base": max(v for _, v in series) - a,
+                    "min": min(v for _, v in series), "max": max(v for _, v in series),
                     "slope_per_cycle": _slope(series)}
-            ok = ok and (b - a) < bound
+            if m in GROWTH_METRICS:
+                ok = ok and (b - a) < bound
         pa, pb = by[start].get("pinned"), by[end].get("pinned")
         k["pinned"] = {"base": pa, "last": pb, "returns": pa == pb,
                        "max": max(by[c].get("pinned", 0) for c in range(start, end + 1, 2) if c in by)}
@@ -331,6 +353,7 @@ def render(env, model, runs, checks, args, cap) -> str:
              f"Bound: from cycle {args.base_cycle} to {args.cycles}, growth < {args.bound_mib} MiB (RSS, torch "
              "allocated, device used) and pinned memory back at its base value; each model kind against itself "
              "(growth = last cycle of that kind - base cycle of that kind; MiB).", "",
+             "RSS growth: last - base (range of that kind's cycles around the base; least-squares slope).", "",
              "| run | flags | patcher | cycles | errors (OOM) | kind | RSS growth | torch alloc growth | "
              "device used growth | pinned base -> last | s/cycle | bound |",
              "|---|---|---|---:|---:|---|---:|---:|---:|---|---:|---|"]
@@ -348,9 +371,17 @@ def render(env, model, runs, checks, args, cap) -> str:
         for kind, k in c["per_kind"].items():
             def g(m):
                 return _mib(k[m]["growth"]) if m in k else "-"
+
+            def rss():
+                r = k.get("rss")
+                if r is None:
+                    return "-"
+                slope = r["slope_per_cycle"] or 0.0
+                return (f"{_mib(r['growth'])} ({_mib(r['min'] - r['base'])}..{_mib(r['max'] - r['base'])}; "
+                        f"{slope / MiB:+.2f}/cycle)")
             pin = k["pinned"]
             lines.append(f"| {name} | `{flags}` | {patchers} | {c['cycles_run']} | {c['errors']} ({c['ooms']}) | "
-                         f"{kind} ({k['from_cycle']}->{k['to_cycle']}) | {g('rss')} | {g('torch_allocated')} | "
+                         f"{kind} ({k['from_cycle']}->{k['to_cycle']}) | {rss()} | {g('torch_allocated')} | "
                          f"{g('device_used')} | {pin['base'] / MiB:.1f} -> {pin['last'] / MiB:.1f} | {per:.2f} | "
                          f"{'ok' if c['ok'] else 'FAILED'} |")
     lines += ["", "| run | after the last cycle, all unloaded: loaded models / pinned / torch alloc / device used / "
@@ -386,6 +417,9 @@ def parse(argv=None):
     ap.add_argument("--modes", default=None, help="GPU runs: comma-separated of dynamic,legacy (default both)")
     ap.add_argument("--no-cap", dest="cap", action="store_false", help="GPU: no VRAM cap")
     ap.add_argument("--vram-cap-gb", type=float, default=None)
+    ap.add_argument("--malloc-trim", action="store_true",
+                    help="diagnostic: after each sample, glibc malloc_trim(0) and RSS again (rss_trimmed); "
+                         "tells heap memory the allocator keeps from memory still in use")
     ap.add_argument("--comfy-args", default="", help="extra ComfyUI flags (quoted string)")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per run (default 540)")
     ap.add_argument("--models-dir", default=None)
@@ -493,7 +527,7 @@ def _run(args, workdir, models_dir, t_start) -> int:
         wspec = {"name": f"soak-{name}", "mode": mode, "comfy_args": flags, "models_dir": models_dir,
                  "cycles": args.cycles, "steps": args.steps, "latent": list(args.latent),
                  "text_tokens": args.text_tokens, "unload": args.unload, "cap_bytes": cap,
-                 "print_every": args.print_every}
+                 "print_every": args.print_every, "malloc_trim": args.malloc_trim}
         say(f"{name}: {' '.join(flags) or '(ComfyUI defaults)'}, {args.cycles} cycles ...")
         res = bc.run_child("soak", wspec, workdir, args.timeout, args.verbose, script=__file__)
         runs[name] = res
