@@ -237,7 +237,8 @@ def child_soak(spec: dict, result: dict) -> None:
         row["cycle_s"] = time.perf_counter() - t0
         rows.append(row)
         if spec.get("print_every") and (i % spec["print_every"] == 0 or i == 1):
-            print(f"cycle {i:4d} {kind:5s} rss {row.get('rss', 0) / MiB:8.1f} MiB  pinned {row['pinned'] / MiB:7.1f} MiB"
+            print(f"cycle {i:4d} {kind:5s} rss {row.get('rss', 0) / MiB:8.1f} MiB  "
+                  f"pinned {row['pinned'] / MiB:7.1f} MiB"
                   + (f"  torch {row['torch_allocated'] / MiB:8.1f} MiB  device {row['device_used'] / MiB:8.1f} MiB"
                      if cuda else "") + f"  {row['cycle_s']:.2f} s" + (f"  ERROR {row['error']}" if "error" in row
                                                                        else ""), flush=True)
