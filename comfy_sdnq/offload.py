@@ -19,7 +19,9 @@ that raises (an interrupt, an OOM; any BaseException) skips the blocks' post-hoo
 on the forward of the module that runs the blocks then puts every block back on its host
 copy, synchronizes the side stream and drops the device copies before the exception
 leaves. remove() and release() synchronize the side stream too, so no copy still reads a
-host buffer that is about to be freed.
+host buffer that is about to be freed. The offloading holds no reference cycle (hooks see the
+state weakly, units their modules weakly): a model dropped without remove() frees its pinned
+buffers at once, after its side stream is synchronized.
 
 "model": the whole model is one such unit, moved in by a pre-hook on the model and its
 direct children (and by diffusers' `_hf_hook.pre_forward` protocol, for vae.decode and
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import inspect
 import time
 import weakref
@@ -149,6 +152,10 @@ def _slots(modules) -> dict[int, list]:
 
 def _set(owners, t, param=None) -> None:
     for m, name, is_param in owners:
+        if isinstance(m, weakref.ref):  # a unit's owners: the unit must not keep its modules alive
+            m = m()
+            if m is None:
+                continue
         if is_param:
             m._parameters[name] = param if param is not None else as_param(t)
         else:
@@ -220,7 +227,10 @@ class _Unit:
                 view.copy_(x)
         # the host copies, as the module tensors between runs (the originals are dropped)
         self.host_tensors = [self.rebuild(host, i) for i in range(len(slots))]
-        self.slots = [(t, owners) for t, (_, owners) in zip(self.host_tensors, slots)]
+        # owners held weakly: model -> offload state -> units -> modules would be a reference
+        # cycle, and a dropped model (and its pinned buffers) would wait for the garbage collector
+        self.slots = [(t, [(weakref.ref(m), name, is_param) for m, name, is_param in owners])
+                      for t, (_, owners) in zip(self.host_tensors, slots)]
         self.host_params = [as_param(t) if any(o[2] for o in owners) else None
                             for t, (_, owners) in zip(self.host_tensors, slots)]
         self.swap_out()
@@ -383,7 +393,16 @@ class OffloadGroup:
     """Models that take turns on the device in "model" mode (one resident at a time)."""
 
     def __init__(self):
-        self.active = None
+        self._active = None
+
+    @property
+    def active(self):
+        """the state of the model now resident (held weakly: a dropped model goes at once)"""
+        return self._active() if self._active is not None else None
+
+    @active.setter
+    def active(self, state):
+        self._active = weakref.ref(state) if state is not None else None
 
 
 class _ExecutionDevice:
@@ -420,7 +439,7 @@ class _State:
     def __init__(self, model, mode, device, stats, group, prefetch, blocks, move_inputs, pin):
         self.mode, self.device, self.stats, self.group = mode, device, stats, group
         self.handles = []
-        self.guarded = []  # (module, its instance-level forward before ours, ours)
+        self.guarded = []  # (weakref to the module, its instance-level forward before ours, ours)
         self.mover = _Mover(device, stats, prefetch if mode == "layer" else 0, side_stream=mode == "layer")
         self.units = []
         self.unit = None
@@ -442,12 +461,14 @@ class _State:
             self.units = [self.unit]
             stats.streamed_bytes += self.unit.nbytes
             stats.max_unit_bytes = max(stats.max_unit_bytes, self.unit.nbytes)
+            ref = weakref.ref(self)
             for m in [model] + list(model.children()):
-                self.handles.append(m.register_forward_pre_hook(self._model_pre))
+                self.handles.append(m.register_forward_pre_hook(functools.partial(_model_pre, ref)))
         else:
             self._setup_layers(model, blocks, pin)
         if move_inputs:
-            self.handles.append(model.register_forward_pre_hook(self._move_inputs, with_kwargs=True))
+            self.handles.append(model.register_forward_pre_hook(functools.partial(_move_inputs, weakref.ref(self)),
+                                                                with_kwargs=True))
 
     def _setup_layers(self, model, blocks, pin):
         if blocks is None:
@@ -476,11 +497,12 @@ class _State:
             self.stats.streamed_bytes += u.nbytes
             self.stats.max_unit_bytes = max(self.stats.max_unit_bytes, u.nbytes)
         n = len(self.units)
-        for i, ((_, b), u) in enumerate(zip(found, self.units)):
-            nxt = self.units[(i + 1) % n] if n > 1 else None
-            self.handles.append(b.register_forward_pre_hook(
-                lambda m, args, u=u, nxt=nxt: self.mover.acquire(u, nxt)))
-            self.handles.append(b.register_forward_hook(lambda m, args, out, u=u: self.mover.release(u)))
+        # hooks hold the state weakly and the units by index: no reference cycle through the blocks
+        ref = weakref.ref(self)
+        for i, (_, b) in enumerate(found):
+            nxt = (i + 1) % n if n > 1 else None
+            self.handles.append(b.register_forward_pre_hook(functools.partial(_acquire, ref, i, nxt)))
+            self.handles.append(b.register_forward_hook(functools.partial(_release, ref, i)))
         # the modules that run the blocks: a forward that raises (an interrupt, an OOM) skips
         # the blocks' post-hooks, so the guard puts every block back and waits for the copies
         for name in sorted({_runner(name) for name, _ in found}):
@@ -507,16 +529,20 @@ class _State:
             pass
         forward.__doc__ = getattr(run, "__doc__", None)
         module.__dict__["forward"] = forward
-        self.guarded.append((module, inner, forward))
+        self.guarded.append((weakref.ref(module), inner, forward))
 
     def abort(self) -> None:
         """after a forward that raised: every streamed block on its host copy, the side
         stream synchronized, the device copies dropped (the next forward starts afresh)"""
         self.mover.clear()
 
-    # model mode
-    def _model_pre(self, module, args):
-        self.onload()
+    def __del__(self):
+        # the model was dropped: no copy may still read its host buffers when they are freed
+        try:
+            if self.mover.stream is not None:
+                self.mover.stream.synchronize()
+        except Exception:  # noqa: BLE001 - interpreter shutdown, a device already gone
+            pass
 
     def onload(self) -> None:
         if self.mode != "model" or self.unit in self.mover.live:
@@ -533,21 +559,44 @@ class _State:
         if self.group is not None and self.group.active is self:
             self.group.active = None
 
-    def _move_inputs(self, module, args, kwargs):
-        return _to(args, self.device), _to(kwargs, self.device)
-
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles = []
-        for module, inner, ours in self.guarded:
-            if module.__dict__.get("forward") is ours:
+        for ref, inner, ours in self.guarded:
+            module = ref()
+            if module is not None and module.__dict__.get("forward") is ours:
                 if inner is None:
                     del module.__dict__["forward"]
                 else:
                     module.__dict__["forward"] = inner
         self.guarded = []
         self.offload()
+
+
+def _acquire(ref, i, nxt, module, args):
+    state = ref()
+    if state is not None:
+        state.mover.acquire(state.units[i], state.units[nxt] if nxt is not None else None)
+
+
+def _release(ref, i, module, args, output):
+    state = ref()
+    if state is not None:
+        state.mover.release(state.units[i])
+
+
+def _model_pre(ref, module, args):
+    state = ref()
+    if state is not None:
+        state.onload()
+
+
+def _move_inputs(ref, module, args, kwargs):
+    state = ref()
+    if state is None:
+        return None
+    return _to(args, state.device), _to(kwargs, state.device)
 
 
 def _runner(block: str) -> str:

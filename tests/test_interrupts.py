@@ -357,11 +357,14 @@ def test_remove_synchronizes_the_side_stream(emulated):
     net = _net()
     x = torch.randn(3, 128)
     offload.apply(net, "layer", "cpu")
-    mover = offload.state_of(net).mover
+    state = offload.state_of(net)  # held here: the state synchronizes once more when it is freed
+    mover = state.mover
     net(x)
     assert mover.live  # the prefetch of the first block
     offload.remove(net)
     assert mover.stream.synced == 1 and emulated.compute.synced >= 1 and not mover.live and not mover.retired
+    del state
+    assert mover.stream.synced == 2  # a dropped state waits for its copies before its buffers go
 
 
 def test_guard_keeps_the_forward_signature(emulated):
@@ -409,6 +412,35 @@ def test_apply_interrupted(emulated, monkeypatch, exc):
     assert len(alive) == 4
     torch.testing.assert_close(net(x), ref, rtol=1e-4, atol=1e-5)
     offload.remove(net)
+
+
+@pytest.mark.parametrize("mode", ["layer", "model"])
+def test_dropped_model_frees_its_host_buffers(emulated, monkeypatch, mode):
+    """no reference cycle through the offloading: a model dropped without remove() (a load
+    abandoned half-way, a pipeline replaced) frees its packed, pinned host buffers at once, not
+    at the garbage collector's next run"""
+    alive = weakref.WeakSet()
+    init = offload._HostBuffer.__init__
+
+    def tracked(self, n, pin):
+        init(self, n, pin)
+        alive.add(self)
+
+    monkeypatch.setattr(offload._HostBuffer, "__init__", tracked)
+    net = _net()
+    group = offload.OffloadGroup() if mode == "model" else None
+    offload.apply(net, mode, "cpu", group=group)
+    net(torch.randn(3, 128))
+    assert len(alive) == (4 if mode == "layer" else 1)
+    model = weakref.ref(net)
+    gc.disable()
+    try:
+        del net
+        assert model() is None and len(alive) == 0
+    finally:
+        gc.enable()
+    if group is not None:
+        assert group.active is None
 
 
 @pytest.mark.cuda
