@@ -33,10 +33,39 @@ void launch_flat_bits(int32_t bits, const DequantArgs &a, cudaStream_t s) {
     }
 }
 
+template <int BITS> void launch_grouped(const DequantArgs &a, cudaStream_t s) {
+    const int64_t work = (a.units + grouped_geom<BITS>::UNROLL - 1) / grouped_geom<BITS>::UNROLL;
+    const unsigned grid = grid_for(work, FLAT_THREADS, (int64_t)device_sms() * FLAT_BLOCKS_PER_SM);
+    with_arith_dtype(a.sdt, [&](auto S) {
+        with_arith_dtype(a.odt, [&](auto O) {
+            constexpr int SDT = decltype(S)::value, ODT = decltype(O)::value;
+            const auto kernel = a.asym ? &dequant_grouped_kernel<BITS, SDT, ODT, true>
+                                       : &dequant_grouped_kernel<BITS, SDT, ODT, false>;
+            SDNQ_LAUNCH(kernel, grid, FLAT_THREADS, s, a);
+        });
+    });
+}
+
+void launch_grouped_bits(int32_t bits, const DequantArgs &a, cudaStream_t s) {
+    switch (bits) {
+    case 1: launch_grouped<1>(a, s); break;
+    case 2: launch_grouped<2>(a, s); break;
+    case 3: launch_grouped<3>(a, s); break;
+    case 4: launch_grouped<4>(a, s); break;
+    case 5: launch_grouped<5>(a, s); break;
+    case 6: launch_grouped<6>(a, s); break;
+    case 7: launch_grouped<7>(a, s); break;
+    default: launch_grouped<8>(a, s); break;
+    }
+}
+
 template <int BITS> void launch_svd(const SvdDequantArgs &a, dim3 grid, cudaStream_t s) {
-    const auto kernel = a.d.odt == SDNQ_DT_BF16 ? &dequant_svd_kernel<BITS, SDNQ_DT_BF16>
-                                                : &dequant_svd_kernel<BITS, SDNQ_DT_F16>;
-    SDNQ_LAUNCH(kernel, grid, SVDQ_THREADS, s, a);
+    with_arith_dtype(a.d.sdt, [&](auto S) {
+        constexpr int SDT = decltype(S)::value;
+        const auto kernel = a.d.odt == SDNQ_DT_BF16 ? &dequant_svd_kernel<BITS, SDNQ_DT_BF16, SDT>
+                                                    : &dequant_svd_kernel<BITS, SDNQ_DT_F16, SDT>;
+        SDNQ_LAUNCH(kernel, grid, SVDQ_THREADS, s, a);
+    });
 }
 
 void launch_svd_bits(int32_t bits, const SvdDequantArgs &a, dim3 grid, cudaStream_t s) {
@@ -111,7 +140,14 @@ sdnq_status dequant_launch(const sdnq_dequant_desc *d, DequantArgs &a, int64_t n
     if (t->bits <= 8 && !d->codebook && flat_output(d) && n >= UNIT && n <= INT32_MAX && aligned(d->codes, 16) &&
         aligned(d->out, 16)) {
         a.units = n / UNIT;
-        launch_flat_bits(t->bits, a, s);
+        if (d->inner == 1 && d->red % UNIT == 0 && n / UNIT <= UINT32_MAX) {
+            /* every unit in one scale group: the grouped kernel (group of unit u = u / gunits) */
+            a.gunits = (uint32_t)(d->red / UNIT);
+            a.gmagic = a.gunits > 1 ? UINT64_MAX / a.gunits + 1 : 0;
+            launch_grouped_bits(t->bits, a, s);
+        } else {
+            launch_flat_bits(t->bits, a, s);
+        }
         if ((st = launch_status()) != SDNQ_OK) return st;
         done = a.units * UNIT / t->block_elems;
     }
@@ -152,8 +188,7 @@ extern "C" sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, cons
                          svd->cols % UNIT == 0 && n <= INT32_MAX && aligned(d->codes, 16) && aligned(d->out, 16) &&
                          (d->out_dtype == SDNQ_DT_BF16 || d->out_dtype == SDNQ_DT_F16) &&
                          svd->up_dtype == d->out_dtype && svd->down_dtype == d->out_dtype &&
-                         aligned(svd->up, 2) && aligned(svd->down, 2) &&
-                         (svd->cols + SVDQ_TC - 1) / SVDQ_TC <= INT32_MAX && (svd->rows + SVDQ_TR - 1) / SVDQ_TR <= 65535;
+                         aligned(svd->up, 2) && aligned(svd->down, 2);
     if (!fusable) { /* the two steps in sequence, same stream */
         if ((st = dequant_launch(d, a, n, s)) != SDNQ_OK) return st;
         return sdnq_cuda_svd_add(svd, stream);
@@ -173,7 +208,12 @@ extern "C" sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, cons
     sa.down_t = svd->down_stride[0] == 1 && svd->down_stride[1] % 8 == 0 && svd->rank % 8 == 0 &&
                 aligned(svd->down, 16);
     sa.down_c = !sa.down_t && svd->down_stride[1] == 1 && svd->down_stride[0] % 8 == 0 && aligned(svd->down, 16);
-    const dim3 grid((unsigned)((svd->cols + SVDQ_TC - 1) / SVDQ_TC), (unsigned)((svd->rows + SVDQ_TR - 1) / SVDQ_TR));
+    /* one wave of blocks, each taking an equal contiguous range of the strip-major tile order */
+    sa.strips = (svd->cols + SVDQ_TC - 1) / SVDQ_TC;
+    const int64_t tiles = sa.strips * ((svd->rows + SVDQ_TR - 1) / SVDQ_TR);
+    int64_t blocks = (int64_t)device_sms() * SVDQ_BLOCKS_PER_SM;
+    if (blocks > tiles) blocks = tiles;
+    const dim3 grid((unsigned)blocks);
     launch_svd_bits(a.t.bits, sa, grid, s);
     return launch_status();
 }

@@ -13,9 +13,15 @@
  * sdnq_weight_value, codes come from blocks.h: the CPU core's functions, so
  * the bits agree by construction.
  *
- * Three kernels:
+ * Four kernels:
  *
- * dequant_flat_kernel<BITS, SDT> - the fast path, for types of at most
+ * dequant_grouped_kernel<BITS, SDT, ODT, ASYM> - the fast path of the linear layouts
+ *   (inner == 1, groups of a multiple of 8 codes: each unit of 8 codes lies in one group):
+ *   like the flat kernel below, with every dtype and the zero point compile-time and each
+ *   unit's scale loaded together with its codes (group = multiply-high, no division), so all of
+ *   a thread's loads are in flight at once.
+ *
+ * dequant_flat_kernel<BITS, SDT> - the other code-order layouts, for types of at most
  *   8 bits (every packed width up to 7, 8-bit codes, int8/uint8/fp8 natives),
  *   no codebook, output contiguous in code order (o*red*inner + j*inner + i:
  *   row-wise, grouped, tensor-wise and conv layouts; not the transposed one).
@@ -34,8 +40,8 @@
  *   else per element. Assumes: codes and out 16-byte aligned, fewer than 2^31
  *   codes.
  *
- * dequant_svd_kernel<BITS, ODT> - the same elementwise stage with the SVD
- *   correction (up @ down) added before the output rounding, on 64 x 128
+ * dequant_svd_kernel<BITS, ODT, SDT> - the same elementwise stage with the SVD
+ *   correction (up @ down) added before the output rounding, on 32 x 128
  *   tiles, the rank product on the tensor cores (see below).
  *
  * dequant_general_kernel - everything else (codebooks, strided or transposed
@@ -64,11 +70,25 @@ struct DequantArgs {
     int64_t block_bytes;      /* bytes per packing block (native: element size) */
     int64_t units;            /* flat kernel: full units of 8 codes            */
     int64_t b_begin, b_end;   /* general kernel: packing blocks to dequantize  */
+    /* grouped kernel: units per scale group (red / 8) and ceil(2^64 / gunits), so that
+     * group(u) = __umul64hi(u, gmagic) exactly for every u < 2^32 (gunits >= 2) */
+    uint32_t gunits;
+    uint64_t gmagic;
 };
 
 constexpr int FLAT_THREADS = 256;
 constexpr int FLAT_BLOCKS_PER_SM = 8; /* the flat kernel's grid: SMs x this (grid-stride loop) */
 constexpr int GENERAL_THREADS = 256;
+
+/* one 16-byte store (p 16-byte aligned); spelled out since nvcc may split a uint4 assignment */
+__device__ __forceinline__ void st_global16(void *p, uint4 v) {
+#ifdef SDNQ_CUDA_EMU
+    *(uint4 *)p = v;
+#else
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+#endif
+}
 
 /* 8 results -> out[e0 .. e0+8), e0 a multiple of 8, out 16-byte aligned; hardware
  * round-to-nearest-even conversions (codec.h's bits for every non-NaN value) */
@@ -89,7 +109,7 @@ template <int ODT> __device__ __forceinline__ void store_unit(void *out, int64_t
                 memcpy(&w[q], &v, 4);
             }
         }
-        *(uint4 *)((uint16_t *)out + e0) = make_uint4(w[0], w[1], w[2], w[3]);
+        st_global16((uint16_t *)out + e0, make_uint4(w[0], w[1], w[2], w[3]));
     }
 }
 
@@ -176,16 +196,134 @@ template <int BITS, int SDT> __global__ void __launch_bounds__(FLAT_THREADS) deq
 }
 
 /* ------------------------------------------------------------------------ */
+/* the grouped kernel: inner == 1 and groups of a multiple of 8 codes, so every unit lies in
+ * one scale group (row-wise, grouped and tensor-wise linear weights: every sdnq layout of a
+ * Linear that is not matmul-ready) */
+
+/* the bytes of one unit as little-endian 32-bit words */
+template <int BITS> struct UnitWords {
+    static constexpr int UB = unit_geom<BITS>::bytes;
+    uint32_t w[(UB + 3) / 4];
+};
+
+template <int BITS> __device__ __forceinline__ void load_unit_words(const uint8_t *p, UnitWords<BITS> &u) {
+    constexpr int UB = unit_geom<BITS>::bytes;
+    if constexpr (UB == 8) {
+        const uint2 v = __ldg((const uint2 *)p);
+        u.w[0] = v.x;
+        u.w[1] = v.y;
+    } else if constexpr (UB == 4) {
+        u.w[0] = __ldg((const unsigned int *)p);
+    } else if constexpr (UB == 2) {
+        u.w[0] = __ldg((const unsigned short *)p);
+    } else {
+        uint8_t b[UB];
+        load_bytes<UB>(p, b);
+#pragma unroll
+        for (int i = 0; i < (UB + 3) / 4; i++) u.w[i] = 0;
+#pragma unroll
+        for (int i = 0; i < UB; i++) u.w[i / 4] |= (uint32_t)b[i] << (8 * (i % 4));
+    }
+}
+
+/* the 8 codes of a unit (blocks.h's bit order: 2-, 4- and 8-bit codes lie in the word
+ * low bits first, code k at bit BITS*k) */
+template <int BITS> __device__ __forceinline__ void unpack_unit_words(const UnitWords<BITS> &u, int32_t (&c)[UNIT]) {
+    if constexpr (BITS == 2 || BITS == 4) {
+#pragma unroll
+        for (int k = 0; k < UNIT; k++) c[k] = (int32_t)((u.w[0] >> (BITS * k)) & ((1u << BITS) - 1));
+    } else if constexpr (BITS == 8) {
+#pragma unroll
+        for (int k = 0; k < UNIT; k++) c[k] = (int32_t)((u.w[k / 4] >> (8 * (k % 4))) & 0xFFu);
+    } else {
+        constexpr int UB = unit_geom<BITS>::bytes;
+        uint8_t b[UB];
+#pragma unroll
+        for (int i = 0; i < UB; i++) b[i] = (uint8_t)(u.w[i / 4] >> (8 * (i % 4)));
+        unpack_unit<BITS>(b, c);
+    }
+}
+
+/* scale_value_hw with the rounding to SDT left to the store when it rounds to the same
+ * dtype (rounding twice to one dtype is rounding once) */
+template <int SDT, int ODT, bool ASYM> __device__ __forceinline__ float dq_value(float v, float s, float z) {
+    float r;
+    if constexpr (!ASYM) r = __fmul_rn(v, s);
+    else if constexpr (SDT == SDNQ_DT_F32) r = __fmaf_rn(v, s, z);
+    else r = __fadd_rn(__fmul_rn(v, s), z);
+    if constexpr (SDT == ODT) return r;
+    else return round_to_hw<SDT>(r);
+}
+
+/* units of 8 codes per thread per step */
+template <int BITS> struct grouped_geom {
+    static constexpr int UNROLL = unit_geom<BITS>::bytes <= 4 ? 8 : 4;
+};
+
+/*
+ * dequant_grouped_kernel<BITS, SDT, ODT, ASYM>: as the flat kernel (consecutive threads take
+ * consecutive units: coalesced loads, one 16-byte store per unit), with every dtype and the
+ * zero point compile-time, and each unit's scale (and zero point) loaded together with its
+ * codes - the group index by a multiply-high instead of a division - so a thread's UNROLL
+ * units have all their loads in flight at once and no load waits on another.
+ */
+/* one step of a thread: units base + q*nt + threadIdx.x (q < UNROLL); FULL: all of them exist */
+template <int BITS, int SDT, int ODT, bool ASYM, bool FULL>
+__device__ __forceinline__ void grouped_step(const DequantArgs &a, const float *lut, uint32_t base, uint32_t units) {
+    constexpr int UB = unit_geom<BITS>::bytes, UNROLL = grouped_geom<BITS>::UNROLL;
+    const uint32_t nt = blockDim.x;
+    UnitWords<BITS> w[UNROLL];
+    float s[UNROLL] = {}, z[UNROLL] = {};
+#pragma unroll
+    for (int q = 0; q < UNROLL; q++) { /* every load first */
+        const uint32_t u = base + q * nt + threadIdx.x;
+        if (FULL || u < units) {
+            load_unit_words<BITS>((const uint8_t *)a.codes + (size_t)u * UB, w[q]);
+            const uint32_t g = a.gunits == 1 ? u : (uint32_t)__umul64hi((unsigned long long)u, a.gmagic);
+            s[q] = ld_float<SDT>(a.scale, (int64_t)g * a.ss0);
+            if constexpr (ASYM) z[q] = ld_float<SDT>(a.zp, (int64_t)g * a.zs0);
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < UNROLL; q++) {
+        const uint32_t u = base + q * nt + threadIdx.x;
+        if (FULL || u < units) {
+            int32_t c[UNIT];
+            unpack_unit_words<BITS>(w[q], c);
+            float r[UNIT];
+#pragma unroll
+            for (int k = 0; k < UNIT; k++) r[k] = dq_value<SDT, ODT, ASYM>(lut[c[k]], s[q], z[q]);
+            store_unit<ODT>(a.out, (int64_t)u * UNIT, r);
+        }
+    }
+}
+
+template <int BITS, int SDT, int ODT, bool ASYM>
+__global__ void __launch_bounds__(FLAT_THREADS, 4) dequant_grouped_kernel(const DequantArgs a) {
+    __shared__ float lut[1 << BITS];
+    build_lut(lut, a.t, SDT);
+    __syncthreads();
+    const uint32_t units = (uint32_t)a.units, tile = blockDim.x * grouped_geom<BITS>::UNROLL;
+    const uint32_t stride = gridDim.x * tile;
+    uint32_t base = blockIdx.x * tile;
+    for (; base + tile <= units; base += stride) grouped_step<BITS, SDT, ODT, ASYM, true>(a, lut, base, units);
+    if (base < units) grouped_step<BITS, SDT, ODT, ASYM, false>(a, lut, base, units);
+}
+
+/* ------------------------------------------------------------------------ */
 /* dequantization with the SVD correction fused: w = round(round_mid(elementwise) + up @ down) */
 
-constexpr int SVDQ_TR = 64, SVDQ_TC = 128, SVDQ_TK = 32;          /* tile rows, columns; rank chunk */
+constexpr int SVDQ_TR = 32, SVDQ_TC = 128, SVDQ_TK = 32;          /* tile rows, columns; rank chunk */
 constexpr int SVDQ_THREADS = 256;
-constexpr int SVDQ_UNITS = SVDQ_TR * SVDQ_TC / UNIT / SVDQ_THREADS; /* units of 8 codes per thread: 4 */
+constexpr int SVDQ_BLOCKS_PER_SM = 2;                                /* the grid: about one wave    */
+constexpr int SVDQ_UNITS = SVDQ_TR * SVDQ_TC / UNIT / SVDQ_THREADS; /* units of 8 codes per thread: 2 */
 constexpr int SVDQ_KP = SVDQ_TK + 8;                                 /* padded smem row (16-bit elements) */
+constexpr int SVDQ_CP = SVDQ_TC + 8; /* padded correction row (fp32): the fragment stores hit distinct banks */
 
 struct SvdDequantArgs {
     DequantArgs d;          /* the elementwise stage (flat output, inner == 1) */
     int64_t rows, cols;     /* the weight [rows, cols] row-major: code e = r*cols + c */
+    int64_t strips;         /* column strips of SVDQ_TC */
     int32_t rank;
     const void *up, *down;  /* up[r, j] at r*us0 + j*us1, down[j, c] at j*ds0 + c*ds1; out dtype */
     int64_t us0, us1, ds0, ds1;
@@ -216,141 +354,247 @@ __device__ __forceinline__ void svdq_mma(float (&d)[4], uint32_t a0, uint32_t a1
 #endif
 }
 
-/*
- * dequant_svd_kernel<BITS, ODT>: one block per 64 x 128 tile of the
- * weight. (1) Each thread issues the loads of its 4 units of codes first, so
- * their latency overlaps (2): the tile's up @ down on the tensor cores (mma.sync
- * m16n8k16, fp32 accumulation; up and down staged in shared memory in rank chunks
- * of 32, zero-padded), 8 warps x 8 n8-tiles of one m16 row band; the fp32 result
- * goes to shared memory. (3) Each unit is dequantized as dequant_unit does,
- * rounded to the output dtype (sdnq's elementwise stage, in the SVD factors'
- * dtype = the output dtype), the correction added in fp32, rounded once, stored
- * with one 16-byte store. Same operations as dequantize + sdnq_cuda_svd_add but
- * the rank sum's order (tolerance-level differences only).
- */
-template <int BITS, int ODT>
-__global__ void __launch_bounds__(SVDQ_THREADS) dequant_svd_kernel(const SvdDequantArgs a) {
+/* what one thread loads for one tile: its units' codes and scales (zero points), and its part
+ * of the tile's up rows (rank <= SVDQ_TK: the whole rank in one chunk) */
+template <int BITS> struct SvdTile {
+    UnitWords<BITS> b[SVDQ_UNITS];
+    float s[SVDQ_UNITS], z[SVDQ_UNITS];
+    bool uv[SVDQ_UNITS], one[SVDQ_UNITS];
+    uint4 upv;     /* up_vec: 8 ranks of one row (threads < 128) */
+    uint16_t up4[4]; /* else: 4 elements                          */
+};
+
+/* unit i of this thread in a tile: row rr, column cc of the tile */
+__device__ __forceinline__ int svdq_rr(int tid, int i) { return (tid + i * SVDQ_THREADS) / (SVDQ_TC / UNIT); }
+__device__ __forceinline__ int svdq_cc(int tid, int i) { return ((tid + i * SVDQ_THREADS) % (SVDQ_TC / UNIT)) * UNIT; }
+
+/* issue the loads of the tile at row r0 (no waiting on them) */
+template <int BITS, int SDT>
+__device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, int64_t r0, int64_t c0, int tid, bool with_up,
+                                          SvdTile<BITS> &T) {
     constexpr int UB = unit_geom<BITS>::bytes;
-    __shared__ float lut[1 << BITS];
-    __shared__ __align__(16) float smem[SVDQ_TR * SVDQ_TC]; /* staging of up/down, then the correction */
-    uint16_t *us = (uint16_t *)smem;                         /* [TR][KP] up chunk                  */
-    uint16_t *dsT = us + SVDQ_TR * SVDQ_KP;                  /* [TC][KP] down chunk, transposed    */
-    float *cs = smem;                                        /* [TR][TC] correction                */
-    const int32_t sdt = a.d.sdt;
-    build_lut(lut, a.d.t, sdt);
-
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    const int64_t r0 = (int64_t)blockIdx.y * SVDQ_TR, c0 = (int64_t)blockIdx.x * SVDQ_TC;
-
-    /* (1) codes in flight */
-    uint8_t b[SVDQ_UNITS][UB];
-    bool uv[SVDQ_UNITS];
+    const uint32_t red = (uint32_t)a.d.red; /* n <= INT32_MAX: code indices fit 32 bits */
 #pragma unroll
     for (int i = 0; i < SVDQ_UNITS; i++) {
-        const int uu = tid + i * SVDQ_THREADS, rr = uu / (SVDQ_TC / UNIT), cc = (uu % (SVDQ_TC / UNIT)) * UNIT;
-        uv[i] = r0 + rr < a.rows && c0 + cc < a.cols;
-        if (uv[i]) load_bytes<UB>((const uint8_t *)a.d.codes + ((r0 + rr) * a.cols + c0 + cc) / UNIT * UB, b[i]);
+        const int rr = svdq_rr(tid, i), cc = svdq_cc(tid, i);
+        T.uv[i] = r0 + rr < a.rows && c0 + cc < a.cols;
+        T.one[i] = false;
+        T.s[i] = T.z[i] = 0.0f;
+        if (T.uv[i]) {
+            const uint32_t e0 = (uint32_t)((r0 + rr) * a.cols + c0 + cc);
+            load_unit_words<BITS>((const uint8_t *)a.d.codes + (size_t)(e0 / UNIT) * UB, T.b[i]);
+            const uint32_t o = e0 / red;
+            T.one[i] = e0 - o * red + UNIT <= red;
+            if (T.one[i]) {
+                T.s[i] = ld_float<SDT>(a.d.scale, (int64_t)o * a.d.ss0);
+                if (a.d.asym) T.z[i] = ld_float<SDT>(a.d.zp, (int64_t)o * a.d.zs0);
+            }
+        }
     }
+    if (!with_up) return;
+    const uint16_t *up16 = (const uint16_t *)a.up;
+    if (a.up_vec) { /* 32 rows x 4 vectors of 8 ranks: threads < 128 */
+        const int rr = tid / 4, kq = (tid % 4) * 8;
+        T.upv = make_uint4(0, 0, 0, 0);
+        if (tid < SVDQ_TR * 4 && r0 + rr < a.rows && kq < a.rank)
+            T.upv = __ldg((const uint4 *)(up16 + (r0 + rr) * a.us0 + kq));
+    } else {
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int idx = tid + q * SVDQ_THREADS, rr = idx / SVDQ_TK, kk = idx % SVDQ_TK;
+            T.up4[q] = r0 + rr < a.rows && kk < a.rank ? __ldg(up16 + (r0 + rr) * a.us0 + kk * a.us1) : (uint16_t)0;
+        }
+    }
+}
 
-    /* (2) the correction: warp w owns rows 16*(w/2) .. +16 and n8-tiles 8*(w%2) .. +8 */
-    float acc[8][4] = {};
-    const int mr = 16 * (warp / 2), nb = 8 * (warp % 2);
-    const uint16_t *up16 = (const uint16_t *)a.up, *dn16 = (const uint16_t *)a.down;
-    for (int64_t k0 = 0; k0 < a.rank; k0 += SVDQ_TK) {
-        __syncthreads(); /* the previous chunk's fragments are read */
-        if (a.up_vec) { /* one 16-byte load per thread: 64 rows x 4 vectors of 8 ranks */
+/* the tile's up rows (rank <= SVDQ_TK) from registers into shared memory */
+template <int BITS> __device__ __forceinline__ void svdq_store_up(const SvdDequantArgs &a, uint16_t *us, int tid,
+                                                                  const SvdTile<BITS> &T) {
+    if (a.up_vec) {
+        if (tid < SVDQ_TR * 4) *(uint4 *)(us + (tid / 4) * SVDQ_KP + (tid % 4) * 8) = T.upv;
+    } else {
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int idx = tid + q * SVDQ_THREADS;
+            us[(idx / SVDQ_TK) * SVDQ_KP + idx % SVDQ_TK] = T.up4[q];
+        }
+    }
+}
+
+/* up rows r0.. and ranks k0.. (one chunk) straight into shared memory */
+__device__ __forceinline__ void svdq_stage_up(const SvdDequantArgs &a, uint16_t *us, int64_t r0, int64_t k0, int tid) {
+    const uint16_t *up16 = (const uint16_t *)a.up;
+    if (a.up_vec) {
+        if (tid < SVDQ_TR * 4) {
             const int rr = tid / 4, kq = (tid % 4) * 8;
             const int64_t r = r0 + rr, k = k0 + kq;
             uint4 v = make_uint4(0, 0, 0, 0);
             if (r < a.rows && k < a.rank) v = __ldg((const uint4 *)(up16 + r * a.us0 + k));
             *(uint4 *)(us + rr * SVDQ_KP + kq) = v;
-        } else {
-            for (int idx = tid; idx < SVDQ_TR * SVDQ_TK; idx += SVDQ_THREADS) {
-                const int rr = idx / SVDQ_TK, kk = idx % SVDQ_TK;
-                const int64_t r = r0 + rr, k = k0 + kk;
-                us[rr * SVDQ_KP + kk] = r < a.rows && k < a.rank ? __ldg(up16 + r * a.us0 + k * a.us1) : (uint16_t)0;
-            }
         }
-        if (a.down_t) { /* column c's ranks contiguous: 128 columns x 4 vectors of 8 ranks */
-#pragma unroll
-            for (int i = 0; i < SVDQ_TC * SVDQ_TK / 8 / SVDQ_THREADS; i++) {
-                const int idx = tid + i * SVDQ_THREADS, cc = idx / 4, kq = (idx % 4) * 8;
-                const int64_t c = c0 + cc, k = k0 + kq;
-                uint4 v = make_uint4(0, 0, 0, 0);
-                if (c < a.cols && k < a.rank) v = __ldg((const uint4 *)(dn16 + c * a.ds1 + k));
-                *(uint4 *)(dsT + cc * SVDQ_KP + kq) = v;
-            }
-        } else if (a.down_c) { /* rank k's columns contiguous: 32 ranks x 16 vectors of 8 columns */
-#pragma unroll
-            for (int i = 0; i < SVDQ_TC * SVDQ_TK / 8 / SVDQ_THREADS; i++) {
-                const int idx = tid + i * SVDQ_THREADS, kk = idx / (SVDQ_TC / 8), cq = (idx % (SVDQ_TC / 8)) * 8;
-                const int64_t k = k0 + kk, c = c0 + cq;
-                uint4 v = make_uint4(0, 0, 0, 0);
-                if (k < a.rank && c < a.cols) v = __ldg((const uint4 *)(dn16 + k * a.ds0 + c));
-                const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-                for (int q = 0; q < 8; q++) dsT[(cq + q) * SVDQ_KP + kk] = (uint16_t)(w[q / 2] >> (16 * (q % 2)));
-            }
-        } else {
-            for (int idx = tid; idx < SVDQ_TK * SVDQ_TC; idx += SVDQ_THREADS) {
-                const int kk = idx / SVDQ_TC, cc = idx % SVDQ_TC;
-                const int64_t k = k0 + kk, c = c0 + cc;
-                dsT[cc * SVDQ_KP + kk] = k < a.rank && c < a.cols ? __ldg(dn16 + k * a.ds0 + c * a.ds1) : (uint16_t)0;
-            }
-        }
-        __syncthreads();
-#pragma unroll
-        for (int ks = 0; ks < SVDQ_TK; ks += 16) {
-            const uint16_t *ua = us + (mr + g) * SVDQ_KP + ks + 2 * t;
-            const uint32_t a0 = *(const uint32_t *)ua, a1 = *(const uint32_t *)(ua + 8 * SVDQ_KP);
-            const uint32_t a2 = *(const uint32_t *)(ua + 8), a3 = *(const uint32_t *)(ua + 8 * SVDQ_KP + 8);
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                const uint16_t *bb = dsT + (8 * (nb + j) + g) * SVDQ_KP + ks + 2 * t;
-                svdq_mma<ODT>(acc[j], a0, a1, a2, a3, *(const uint32_t *)bb, *(const uint32_t *)(bb + 8));
-            }
+    } else {
+        for (int idx = tid; idx < SVDQ_TR * SVDQ_TK; idx += SVDQ_THREADS) {
+            const int rr = idx / SVDQ_TK, kk = idx % SVDQ_TK;
+            const int64_t r = r0 + rr, k = k0 + kk;
+            us[rr * SVDQ_KP + kk] = r < a.rows && k < a.rank ? __ldg(up16 + r * a.us0 + k * a.us1) : (uint16_t)0;
         }
     }
-    __syncthreads(); /* staging done: smem becomes the correction */
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        const int cc = 8 * (nb + j) + 2 * t;
-        cs[(mr + g) * SVDQ_TC + cc] = acc[j][0];
-        cs[(mr + g) * SVDQ_TC + cc + 1] = acc[j][1];
-        cs[(mr + g + 8) * SVDQ_TC + cc] = acc[j][2];
-        cs[(mr + g + 8) * SVDQ_TC + cc + 1] = acc[j][3];
-    }
-    __syncthreads();
+}
 
-    /* (3) elementwise stage + correction, one rounding, 16-byte stores */
-    const bool asym = a.d.asym != 0;
+/* down columns c0.. and ranks k0.. (one chunk), transposed, into shared memory */
+__device__ __forceinline__ void svdq_stage_down(const SvdDequantArgs &a, uint16_t *dsT, int64_t c0, int64_t k0,
+                                                int tid) {
+    const uint16_t *dn16 = (const uint16_t *)a.down;
+    if (a.down_t) { /* column c's ranks contiguous: 128 columns x 4 vectors of 8 ranks */
 #pragma unroll
-    for (int i = 0; i < SVDQ_UNITS; i++) {
-        if (!uv[i]) continue;
-        const int uu = tid + i * SVDQ_THREADS, rr = uu / (SVDQ_TC / UNIT), cc = (uu % (SVDQ_TC / UNIT)) * UNIT;
-        const int64_t e0 = (r0 + rr) * a.cols + c0 + cc;
-        int32_t c[UNIT];
-        unpack_unit<BITS>(b[i], c);
-        float r[UNIT];
-        const int64_t o = e0 / a.d.red;
-        if ((e0 + UNIT - 1) / a.d.red == o) { /* one group for the whole unit */
-            const float s = sdnq_load_float(a.d.scale, o * a.d.ss0, sdt);
-            const float z = asym ? sdnq_load_float(a.d.zp, o * a.d.zs0, sdt) : 0.0f;
+        for (int i = 0; i < SVDQ_TC * SVDQ_TK / 8 / SVDQ_THREADS; i++) {
+            const int idx = tid + i * SVDQ_THREADS, cc = idx / 4, kq = (idx % 4) * 8;
+            const int64_t c = c0 + cc, k = k0 + kq;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (c < a.cols && k < a.rank) v = __ldg((const uint4 *)(dn16 + c * a.ds1 + k));
+            *(uint4 *)(dsT + cc * SVDQ_KP + kq) = v;
+        }
+    } else if (a.down_c) { /* rank k's columns contiguous: 32 ranks x 16 vectors of 8 columns */
 #pragma unroll
-            for (int k = 0; k < UNIT; k++) r[k] = scale_value_hw_rt(lut[c[k]], s, z, asym, sdt);
+        for (int i = 0; i < SVDQ_TC * SVDQ_TK / 8 / SVDQ_THREADS; i++) {
+            const int idx = tid + i * SVDQ_THREADS, kk = idx / (SVDQ_TC / 8), cq = (idx % (SVDQ_TC / 8)) * 8;
+            const int64_t k = k0 + kk, c = c0 + cq;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (k < a.rank && c < a.cols) v = __ldg((const uint4 *)(dn16 + k * a.ds0 + c));
+            const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int q = 0; q < 8; q++) dsT[(cq + q) * SVDQ_KP + kk] = (uint16_t)(w[q / 2] >> (16 * (q % 2)));
+        }
+    } else {
+        for (int idx = tid; idx < SVDQ_TK * SVDQ_TC; idx += SVDQ_THREADS) {
+            const int kk = idx / SVDQ_TC, cc = idx % SVDQ_TC;
+            const int64_t k = k0 + kk, c = c0 + cc;
+            dsT[cc * SVDQ_KP + kk] = k < a.rank && c < a.cols ? __ldg(dn16 + k * a.ds0 + c * a.ds1) : (uint16_t)0;
+        }
+    }
+}
+
+/* acc += us @ dsT^T for this warp: rows 16*(warp/4) .. +16, n8-tiles 4*(warp%4) .. +4 */
+template <int ODT>
+__device__ __forceinline__ void svdq_mma_chunk(const uint16_t *us, const uint16_t *dsT, int warp, int g, int t,
+                                               float (&acc)[4][4]) {
+    const int mr = 16 * (warp / 4), nb = 4 * (warp % 4);
+#pragma unroll
+    for (int ks = 0; ks < SVDQ_TK; ks += 16) {
+        const uint16_t *ua = us + (mr + g) * SVDQ_KP + ks + 2 * t;
+        const uint32_t a0 = *(const uint32_t *)ua, a1 = *(const uint32_t *)(ua + 8 * SVDQ_KP);
+        const uint32_t a2 = *(const uint32_t *)(ua + 8), a3 = *(const uint32_t *)(ua + 8 * SVDQ_KP + 8);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint16_t *bb = dsT + (8 * (nb + j) + g) * SVDQ_KP + ks + 2 * t;
+            svdq_mma<ODT>(acc[j], a0, a1, a2, a3, *(const uint32_t *)bb, *(const uint32_t *)(bb + 8));
+        }
+    }
+}
+
+/*
+ * dequant_svd_kernel<BITS, ODT, SDT>: the weight is cut into 32 x 128 tiles, ordered strip by
+ * strip (128 columns each, top to bottom); a grid of one wave of blocks takes equal contiguous
+ * ranges of that order. For rank <= 32 a strip's down columns are staged in shared memory once
+ * per block (when its range enters the strip), and each thread keeps the next two tiles'
+ * loads (codes, scales, zero points, up rows) in flight while the block works on the current
+ * one: (1) up rows into shared memory, (2) the tile's up @ down on the tensor cores (mma.sync
+ * m16n8k16, fp32 accumulation; 8 warps = 2 row bands x 4 groups of 4 n8-tiles) into a padded
+ * fp32 tile in shared memory, (3) each unit dequantized as the grouped kernel does (its scale
+ * loaded with its codes when the unit lies in one group), rounded to the output dtype (sdnq's
+ * elementwise stage, in the SVD factors' dtype = the output dtype), the correction added in
+ * fp32, rounded once, one 16-byte store. Larger ranks stage up and down per chunk of 32 ranks.
+ * Same operations as dequantize + sdnq_cuda_svd_add but the rank sum's order (tolerance-level
+ * differences only).
+ */
+template <int BITS, int ODT, int SDT>
+__global__ void __launch_bounds__(SVDQ_THREADS, SVDQ_BLOCKS_PER_SM) dequant_svd_kernel(const SvdDequantArgs a) {
+    __shared__ float lut[1 << BITS];
+    __shared__ __align__(16) uint16_t dsT[SVDQ_TC * SVDQ_KP]; /* down chunk, transposed */
+    __shared__ __align__(16) uint16_t us[SVDQ_TR * SVDQ_KP];  /* up chunk              */
+    __shared__ __align__(16) float cs[SVDQ_TR * SVDQ_CP];     /* the tile's correction */
+    build_lut(lut, a.d.t, SDT);
+
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    /* this block's tiles: a contiguous range of the strip-major tile order (balanced blocks) */
+    const int64_t rtiles = (a.rows + SVDQ_TR - 1) / SVDQ_TR, total = rtiles * a.strips;
+    const int64_t t0 = (int64_t)blockIdx.x * total / gridDim.x, t1 = ((int64_t)blockIdx.x + 1) * total / gridDim.x;
+    const bool resident = a.rank <= SVDQ_TK, asym = a.d.asym != 0;
+    int64_t staged = -1; /* the strip whose down columns dsT holds (rank <= SVDQ_TK) */
+
+    /* loads of the next two tiles in flight while the block works on one */
+    SvdTile<BITS> cur{}, nxt{}, nxt2{};
+    if (t0 < t1) svdq_load<BITS, SDT>(a, (t0 % rtiles) * SVDQ_TR, (t0 / rtiles) * SVDQ_TC, tid, resident, cur);
+    if (t0 + 1 < t1)
+        svdq_load<BITS, SDT>(a, ((t0 + 1) % rtiles) * SVDQ_TR, ((t0 + 1) / rtiles) * SVDQ_TC, tid, resident, nxt);
+    for (int64_t tile = t0; tile < t1; tile++) {
+        const int64_t strip = tile / rtiles, r0 = (tile % rtiles) * SVDQ_TR, c0 = strip * SVDQ_TC;
+        const int64_t ahead = tile + 2, nr0 = (ahead % rtiles) * SVDQ_TR, nc0 = (ahead / rtiles) * SVDQ_TC;
+        float acc[4][4] = {};
+        if (resident) {
+            if (strip != staged) { /* the previous tile's fragments are read (barrier below) */
+                svdq_stage_down(a, dsT, c0, 0, tid);
+                staged = strip;
+            }
+            svdq_store_up<BITS>(a, us, tid, cur);
+            __syncthreads(); /* up (and down, lut) staged; the previous tile's correction read */
+            if (ahead < t1) svdq_load<BITS, SDT>(a, nr0, nc0, tid, true, nxt2);
+            svdq_mma_chunk<ODT>(us, dsT, warp, g, t, acc);
         } else {
-#pragma unroll
-            for (int k = 0; k < UNIT; k++) {
-                const int64_t ok = (e0 + k) / a.d.red;
-                const float s = sdnq_load_float(a.d.scale, ok * a.d.ss0, sdt);
-                const float z = asym ? sdnq_load_float(a.d.zp, ok * a.d.zs0, sdt) : 0.0f;
-                r[k] = scale_value_hw_rt(lut[c[k]], s, z, asym, sdt);
+            if (ahead < t1) svdq_load<BITS, SDT>(a, nr0, nc0, tid, false, nxt2);
+            for (int64_t k0 = 0; k0 < a.rank; k0 += SVDQ_TK) {
+                __syncthreads(); /* the previous chunk's (tile's) fragments and correction are read */
+                svdq_stage_up(a, us, r0, k0, tid);
+                svdq_stage_down(a, dsT, c0, k0, tid);
+                __syncthreads();
+                svdq_mma_chunk<ODT>(us, dsT, warp, g, t, acc);
             }
         }
-        const float *cr = cs + rr * SVDQ_TC + cc;
+        {
+            const int mr = 16 * (warp / 4), nb = 4 * (warp % 4);
 #pragma unroll
-        for (int k = 0; k < UNIT; k++) r[k] = __fadd_rn(round_to_hw<ODT>(r[k]), cr[k]);
-        store_unit<ODT>(a.d.out, e0, r);
+            for (int j = 0; j < 4; j++) {
+                const int cc = 8 * (nb + j) + 2 * t;
+                *(float2 *)(cs + (mr + g) * SVDQ_CP + cc) = make_float2(acc[j][0], acc[j][1]);
+                *(float2 *)(cs + (mr + g + 8) * SVDQ_CP + cc) = make_float2(acc[j][2], acc[j][3]);
+            }
+        }
+        __syncthreads(); /* the correction is complete; the fragments are read */
+
+        /* elementwise stage + correction, one rounding, 16-byte stores */
+#pragma unroll
+        for (int i = 0; i < SVDQ_UNITS; i++) {
+            if (!cur.uv[i]) continue;
+            const int rr = svdq_rr(tid, i), cc = svdq_cc(tid, i);
+            const int64_t e0 = (r0 + rr) * a.cols + c0 + cc;
+            int32_t c[UNIT];
+            unpack_unit_words<BITS>(cur.b[i], c);
+            float r[UNIT];
+            if (cur.one[i]) { /* one group for the whole unit: its scale is in registers */
+                if (asym) {
+#pragma unroll
+                    for (int k = 0; k < UNIT; k++) r[k] = scale_value_hw<SDT>(lut[c[k]], cur.s[i], cur.z[i], true);
+                } else {
+#pragma unroll
+                    for (int k = 0; k < UNIT; k++) r[k] = scale_value_hw<SDT>(lut[c[k]], cur.s[i], 0.0f, false);
+                }
+            } else {
+                for (int k = 0; k < UNIT; k++) {
+                    const int64_t ok = (e0 + k) / a.d.red;
+                    const float s = ld_float<SDT>(a.d.scale, ok * a.d.ss0);
+                    const float z = asym ? ld_float<SDT>(a.d.zp, ok * a.d.zs0) : 0.0f;
+                    r[k] = scale_value_hw<SDT>(lut[c[k]], s, z, asym);
+                }
+            }
+            const float4 cv0 = *(const float4 *)(cs + rr * SVDQ_CP + cc);
+            const float4 cv1 = *(const float4 *)(cs + rr * SVDQ_CP + cc + 4);
+            const float cr[UNIT] = {cv0.x, cv0.y, cv0.z, cv0.w, cv1.x, cv1.y, cv1.z, cv1.w};
+#pragma unroll
+            for (int k = 0; k < UNIT; k++) r[k] = __fadd_rn(round_to_hw<ODT>(r[k]), cr[k]);
+            store_unit<ODT>(a.d.out, e0, r);
+        }
+        cur = nxt;
+        nxt = nxt2;
     }
 }
 
