@@ -78,9 +78,14 @@ def match_module(param_name: str, patterns) -> str | None:
             continue
         if param_name == p or p in parts:
             return p
-        if "*" in p and re.match(p.replace(".*", "\\.*").replace("*", ".*"), param_name):
+        if "*" in p and re.match(_pattern_regex(p), param_name):
             return p
     return None
+
+
+def _pattern_regex(p: str) -> str:
+    """the regex sdnq makes of a module pattern containing '*'"""
+    return p.replace(".*", "\\.*").replace("*", ".*")
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ class QuantConfig:
             if not isinstance(k, str) or not isinstance(v, list) or not all(isinstance(x, str) for x in v):
                 raise SdnqFormatError(f"{where(source)}modules_dtype_dict must map dtype names to lists of module "
                                       f"names, got {k!r}: {type(v).__name__}")
+            for p in v:
+                self._check_pattern(p, f"modules_dtype_dict[{k!r}]")
             self.dtype_dict[k] = v
         self.quant_config = {}
         for k, v in (values["modules_quant_config"] or {}).items():
@@ -142,6 +149,7 @@ class QuantConfig:
                 raise SdnqFormatError(f"{where(source)}modules_quant_config must map module names to objects, got "
                                       f"{k!r}: {type(v).__name__}")
             label = f"modules_quant_config[{k!r}]"
+            self._check_pattern(k, "modules_quant_config")
             self._check_dtypes({f: self._typed(f"{label}[{f!r}]", f, v[f]) for f in _LAYER_KEYS if f in v}, label)
             self.quant_config[k] = v
 
@@ -176,7 +184,19 @@ class QuantConfig:
         v = self.values[key] or []
         if not all(isinstance(x, str) for x in v):
             raise SdnqFormatError(f"{where(self.source)}{key} must be a list of module names")
+        for p in v:
+            self._check_pattern(p, key)
         return list(v)
+
+    def _check_pattern(self, p: str, label: str):
+        """a module pattern with '*' is a regex to sdnq: one that does not compile is a config error,
+        raised here rather than as re.error when a layer name is first matched against it"""
+        if "*" in p:
+            try:
+                re.compile(_pattern_regex(p))
+            except re.error as exc:
+                raise SdnqFormatError(f"{where(self.source)}{label}: module pattern {p!r} is not a valid pattern "
+                                      f"({exc})") from None
 
     def __getitem__(self, key):
         return self.values[key]

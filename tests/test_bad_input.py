@@ -631,6 +631,15 @@ CONFIG_CASES = [
     ("not-convert-string", SdnqFormatError, _qcfg(modules_to_not_convert="x"),
      ["quantization_config['modules_to_not_convert'] must be list/NoneType, got str"]),
     ("not-convert-ints", SdnqFormatError, _qcfg(modules_to_not_convert=[1]), ["modules_to_not_convert must be"]),
+    # found by fuzzing (tests/fuzz/fuzz_files.py): a '*' pattern is a regex to sdnq; one that does not compile
+    # raised re.error from the first layer lookup
+    ("not-use-matmul-bad-regex", SdnqFormatError, _qcfg(modules_to_not_use_matmul=["embed(*weight"]),
+     ["modules_to_not_use_matmul: module pattern 'embed(*weight' is not a valid pattern"]),
+    ("not-convert-bad-regex", SdnqFormatError, _qcfg(modules_to_not_convert=["*[x"]), ["module pattern '*[x'"]),
+    ("dtype-dict-bad-regex", SdnqFormatError, _qcfg(modules_dtype_dict={"int8": ["a*)"]}),
+     ["modules_dtype_dict['int8']: module pattern 'a*)'"]),
+    ("module-config-bad-regex", SdnqFormatError, _qcfg(modules_quant_config={"blocks.*(": {"group_size": 32}}),
+     ["modules_quant_config: module pattern 'blocks.*('"]),
     ("module-config-list", SdnqFormatError, _qcfg(modules_quant_config={"x": ["int8"]}),
      ["modules_quant_config must map module names to objects"]),
     ("module-config-group-size-string", SdnqFormatError, _qcfg(modules_quant_config={"x": {"group_size": "abc"}}),
