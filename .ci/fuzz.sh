@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Fuzz the comfy_sdnq C core (libFuzzer + ASan + UBSan) and the Python file/config parsing (atheris):
+# Fuzz the comfy_sdnq C core and CUDA launchers (libFuzzer + ASan + UBSan; CUDA sources compiled for the
+# CPU with tests/cuda_emu) and the Python file/config parsing (atheris):
 # build every harness in tests/fuzz/, seed it from real SDNQ files (tests/fuzz/make_corpus.py), run
 # each for FUZZ_SECONDS, then replay the corpora through a coverage build and report line coverage.
 # Fails on any crash, hang, out-of-memory, sanitizer report or harness contract violation.
 #
 #   bash .ci/fuzz.sh                    # 60 s per harness
 #   FUZZ_SECONDS=600 bash .ci/fuzz.sh   # a long campaign
+#   FUZZ_SECONDS=0 bash .ci/fuzz.sh     # coverage report of the corpora in tests/fuzz/corpus only
 #
 # The C harnesses whose entry points have per-CPU-level kernels (dequantize, SVD/Hadamard, and
-# quantize's way back through dequantize) also run at COMFY_SDNQ_CPU=avx2 and =baseline for a
-# quarter of FUZZ_SECONDS each. Environment: FUZZ_SECONDS (default 60), FUZZ_JOBS (parallel
+# quantize's way back through dequantize) spend half of FUZZ_SECONDS at the best level and a
+# quarter each at COMFY_SDNQ_CPU=avx2 and =baseline. Environment: FUZZ_SECONDS (default 60), FUZZ_JOBS (parallel
 # campaigns, default min(nproc, 4)), VENV (default .venv; created by .ci/setup.sh when missing),
 # FUZZ_COVERAGE=0 skips the coverage report. Works on a fresh Debian 12 from the repository alone:
 # installs clang/llvm with apt-get and atheris/coverage with pip into the venv. Corpora, crash
@@ -24,10 +26,12 @@ FUZZ_COVERAGE=${FUZZ_COVERAGE:-1}
 B=tests/fuzz/build
 C=tests/fuzz/corpus
 T0=$SECONDS
-C_HARNESSES="fuzz_dequant fuzz_linalg fuzz_quant fuzz_pack fuzz_values"
+C_HARNESSES="fuzz_dequant fuzz_linalg fuzz_quant fuzz_pack fuzz_values fuzz_cuda"
 LEVEL_HARNESSES="fuzz_dequant fuzz_linalg fuzz_quant"
 SRCS="csrc/types.c csrc/pack.c csrc/values.c csrc/dequant.c csrc/quant.c csrc/linalg.c"
+CU_SRCS="csrc/cuda/dequant.cu csrc/cuda/svd_add.cu csrc/cuda/hadamard.cu"
 CFLAGS="-std=c11 -g -O1 -ffp-contract=off -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-unused-parameter -Iinclude -Icsrc"
+CXXFLAGS="-std=c++17 -g -O1 -ffp-contract=off -Wall -Wextra -Werror -Wno-unused-parameter -Iinclude -Icsrc"
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
@@ -64,22 +68,44 @@ PY=$VENV/bin/python
 say "seed corpora from real SDNQ files"
 PYTHONPATH=. "$PY" tests/fuzz/make_corpus.py "$C/seed" 2>&1 | grep -v "should be kept in float32" || die "make_corpus.py"
 
-# --- build: core objects once per flavour, one binary per harness --------------------------------------------------
-build_flavour() { # NAME EXTRA_CFLAGS LINK_FLAGS
-    local name=$1 extra=$2 link=$3 objs="" s o h
+# --- build: core objects once per flavour, one binary per harness; compiles run in parallel ------------------------
+# one compile or link in the background; at most NPROC at a time
+bg() {
+    while [ "$(jobs -rp | wc -l)" -ge "$NPROC" ]; do wait -n; done
+    "$@" &
+}
+build_flavour() { # NAME EXTRA_FLAGS LINK_FLAGS
+    local name=$1 extra=$2 link=$3 objs="" cuobjs="" s o h
     mkdir -p "$B/$name"
     for s in $SRCS; do
         o=$B/$name/$(basename "$s" .c).o
         # shellcheck disable=SC2086
-        clang $CFLAGS $extra -c "$s" -o "$o" || return 1
+        bg clang $CFLAGS $extra -c "$s" -o "$o"
         objs="$objs $o"
     done
-    for h in $C_HARNESSES; do
+    # the CUDA launchers and kernels, compiled for the CPU with the test suite's CUDA emulation
+    for s in $CU_SRCS; do
+        o=$B/$name/cu_$(basename "$s" .cu).o
         # shellcheck disable=SC2086
-        clang $CFLAGS $extra $link "tests/fuzz/$h.c" $objs -lm -o "$B/$name/$h" || return 1
+        bg clang++ $CXXFLAGS -w $extra -DSDNQ_CUDA_EMU -Itests/cuda_emu -x c++ -c "$s" -o "$o"
+        cuobjs="$cuobjs $o"
     done
+    wait
+    for o in $objs $cuobjs; do [ -s "$o" ] || return 1; done
+    for h in $C_HARNESSES; do
+        rm -f "$B/$name/$h"
+        # shellcheck disable=SC2086
+        if [ "$h" = fuzz_cuda ]; then
+            bg clang++ $CXXFLAGS $extra $link tests/fuzz/fuzz_cuda.cc $objs $cuobjs -lm -o "$B/$name/fuzz_cuda"
+        else
+            bg clang $CFLAGS $extra $link "tests/fuzz/$h.c" $objs -lm -o "$B/$name/$h"
+        fi
+    done
+    wait
+    for h in $C_HARNESSES; do [ -x "$B/$name/$h" ] || return 1; done
 }
 say "building harnesses (ASan+UBSan) and coverage binaries"
+rm -rf "$B/san" "$B/cov"
 build_flavour san "$SAN -fsanitize=fuzzer-no-link" "-fsanitize=fuzzer" || die "build (sanitizers)"
 if [ "$FUZZ_COVERAGE" = 1 ]; then
     build_flavour cov "-fprofile-instr-generate -fcoverage-mapping -fsanitize=fuzzer-no-link" \
@@ -106,10 +132,19 @@ run_job() {
     rc=$?
     echo "FUZZ_RC=$rc" >>"$log"
 }
+# FUZZ_SECONDS per harness; those with per-CPU-level kernels spend half at the default (best) level and a
+# quarter each at avx2 and baseline, all on one corpus
 JOBS=()
-for h in $C_HARNESSES fuzz_files; do JOBS+=("$h default $FUZZ_SECONDS"); done
-quarter=$((FUZZ_SECONDS / 4 > 5 ? FUZZ_SECONDS / 4 : 5))
+half=$((FUZZ_SECONDS / 2 > 1 ? FUZZ_SECONDS / 2 : 1))
+quarter=$((FUZZ_SECONDS / 4 > 1 ? FUZZ_SECONDS / 4 : 1))
+for h in $C_HARNESSES fuzz_files; do
+    case " $LEVEL_HARNESSES " in
+    *" $h "*) JOBS+=("$h default $half") ;;
+    *) JOBS+=("$h default $FUZZ_SECONDS") ;;
+    esac
+done
 for h in $LEVEL_HARNESSES; do for lvl in avx2 baseline; do JOBS+=("$h $lvl $quarter"); done; done
+[ "$FUZZ_SECONDS" -gt 0 ] || JOBS=()  # FUZZ_SECONDS=0: only the coverage report of the corpora there are
 say "running ${#JOBS[@]} campaigns, $FUZZ_JOBS at a time (FUZZ_SECONDS=$FUZZ_SECONDS)"
 running=0
 for j in "${JOBS[@]}"; do
@@ -122,7 +157,7 @@ wait
 
 # --- verdict -----------------------------------------------------------------------------------------------------
 failed=0
-printf '%-14s %-9s %6s %10s %8s %7s %8s  %s\n' harness level secs execs exec/s cov corpus result
+[ ${#JOBS[@]} = 0 ] || printf '%-14s %-9s %6s %10s %8s %7s %8s  %s\n' harness level secs execs exec/s cov corpus result
 for j in "${JOBS[@]}"; do
     set -- $j
     log=$B/logs/$1-$2.log
@@ -152,7 +187,7 @@ fi
 
 # --- line coverage: replay each final corpus (every CPU level) through the coverage build -----------------------
 if [ "$FUZZ_COVERAGE" = 1 ]; then
-    say "line coverage of the C core per harness (corpus replayed at every CPU level): its target files, all of csrc"
+    say "line coverage per harness (corpus replayed at every CPU level): its target files; all of csrc/*.c, *.h and the fuzzed csrc/cuda sources"
     targets() {
         case $1 in
         fuzz_dequant) echo "dequant.c check.h blocks.h internal.h codec.h" ;;
@@ -160,10 +195,11 @@ if [ "$FUZZ_COVERAGE" = 1 ]; then
         fuzz_quant) echo "quant.c" ;;
         fuzz_pack) echo "pack.c blocks.h" ;;
         fuzz_values) echo "values.c types.c codec.h" ;;
+        fuzz_cuda) echo "dequant.cu svd_add.cu hadamard.cu dequant.cuh svd_add.cuh hadamard.cuh common.cuh" ;;
         esac
     }
     # lines covered / lines of the named files in an llvm-cov report
-    lines_of() { awk -v files=" $2 " 'index(files, " " $1 " ") && NF == 13 { n += $8; m += $9 }
+    lines_of() { awk -v files=" $2 " '{ f = $1; sub(/.*\//, "", f) } index(files, " " f " ") && NF == 13 { n += $8; m += $9 }
         END { if (n) printf "%.1f%% of %d lines", 100 * (n - m) / n, n }' "$1"; }
     objs=()
     for h in $C_HARNESSES; do
@@ -175,14 +211,14 @@ if [ "$FUZZ_COVERAGE" = 1 ]; then
                 >/dev/null 2>&1
         done
         "$PROFDATA" merge -sparse "$B/cov/$h"-*.profraw -o "$B/cov/$h.profdata" &&
-            "$LLVMCOV" report "$B/cov/$h" -instr-profile="$B/cov/$h.profdata" $SRCS csrc/*.h >"$B/cov/$h.txt" 2>/dev/null
+            "$LLVMCOV" report "$B/cov/$h" -instr-profile="$B/cov/$h.profdata" $SRCS csrc/*.h $CU_SRCS csrc/cuda/*.cuh >"$B/cov/$h.txt" 2>/dev/null
         printf '  %-14s %-26s %s  (%s)\n' "$h" "$(lines_of "$B/cov/$h.txt" "$(targets "$h")")" \
-            "$(awk '/^TOTAL/ { print "csrc: " $(NF-3) " of " $(NF-5) " lines" }' "$B/cov/$h.txt")" "$(targets "$h")"
+            "$(awk '/^TOTAL/ { print "all: " $(NF-3) " of " $(NF-5) " lines" }' "$B/cov/$h.txt")" "$(targets "$h")"
         if [ ${#objs[@]} = 0 ]; then objs=("$B/cov/$h"); else objs+=(-object "$B/cov/$h"); fi
     done
     "$PROFDATA" merge -sparse "$B/cov/"fuzz_*.profdata -o "$B/cov/all.profdata" &&
-        "$LLVMCOV" report "${objs[@]}" -instr-profile="$B/cov/all.profdata" $SRCS csrc/*.h >"$B/cov/all.txt" 2>/dev/null &&
-        printf '  %-14s %s\n' "all harnesses" "$(awk '/^TOTAL/ { print "csrc: " $(NF-3) " of " $(NF-5) " lines" }' "$B/cov/all.txt")"
+        "$LLVMCOV" report "${objs[@]}" -instr-profile="$B/cov/all.profdata" $SRCS csrc/*.h $CU_SRCS csrc/cuda/*.cuh >"$B/cov/all.txt" 2>/dev/null &&
+        printf '  %-14s %s\n' "all harnesses" "$(awk '/^TOTAL/ { print "all: " $(NF-3) " of " $(NF-5) " lines" }' "$B/cov/all.txt")"
     say "line coverage of the Python parsing (fuzz_files corpus replayed under coverage.py)"
     PYTHONPATH=. COVERAGE_FILE=$B/cov/python.coverage "$PY" -m coverage run \
         --include='*/comfy_sdnq/safetensors_io.py,*/comfy_sdnq/files.py,*/comfy_sdnq/config.py,*/comfy_sdnq/format.py' \

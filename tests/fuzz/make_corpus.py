@@ -8,8 +8,8 @@ zero-point-carrying variants) and saves it with its own save_sdnq_model. comfy_s
 each model and dequantizes every layer, and quantizes each float weight, while a recorder
 wrapped around the C module (comfy_sdnq.kernels._C) captures every call's arguments and the
 bytes behind its pointers. Each captured call is written in the input format of the harness
-that fuzzes its entry point (fuzz_dequant, fuzz_pack, fuzz_quant, fuzz_linalg, fuzz_values:
-see the .c files), trimmed to a few rows so the fuzzer starts from small, valid inputs. The
+that fuzzes its entry point (fuzz_dequant, fuzz_pack, fuzz_quant, fuzz_linalg, fuzz_values,
+and fuzz_cuda for the CUDA launchers: see the .c / .cc files), trimmed to a few rows so the fuzzer starts from small, valid inputs. The
 Python-level harness (fuzz_files.py) gets the files themselves: single-file models cut down to
 one layer with their config in __metadata__, quantization_config.json / config.json texts.
 
@@ -128,6 +128,8 @@ class Recorder:
                                                                           os2, s_keep, z_keep, o_keep, cb_keep))
         body = mem(codes, min(cb_keep, cbytes)) + mem(scale, s_keep * dsize(sdt)) + mem(zp, z_keep * dsize(sdt))
         self.add("fuzz_dequant", head + body)
+        # fuzz_cuda's dequantize (op 0): the same description without the thread count
+        self.add("fuzz_cuda", b"\x00" + head[:2] + head[3:] + body)
         # the same call in the harness's contiguous-layout form, when it is that layout
         if (os0, os1, os2) == (r * i, i, 1) and not cb and (ss0, ss1) == (i, 1):
             self.add("fuzz_dequant", bytes([t.id, flags | 0x40, 2]) + svar(keep) + svar(r) + svar(i) + b"\x00" +
@@ -171,8 +173,10 @@ class Recorder:
         dts = arith_bits(wdt) | (arith_bits(udt) << 3) | ((arith_bits(ddt) & 3) << 6)
         head = bytes([0, 2, dts]) + b"".join(svar(v) for v in (keep, cols, rank, us0, us1, ds0, ds1, keep * cols,
                                                                u_keep, dnumel))
-        self.add("fuzz_linalg", head + mem(w, keep * cols * dsize(wdt)) + mem(up, u_keep * dsize(udt)) +
-                 mem(down, dnumel * dsize(ddt)))
+        data = mem(w, keep * cols * dsize(wdt)) + mem(up, u_keep * dsize(udt)) + mem(down, dnumel * dsize(ddt))
+        self.add("fuzz_linalg", head + data)
+        cdts = arith_bits(wdt) | (arith_bits(udt) << 2) | (arith_bits(ddt) << 4)
+        self.add("fuzz_cuda", bytes([1, cdts]) + head[3:] + data)
         return self._c.svd_add(w, wdt, rows, cols, wnumel, rank, up, udt, unumel, us0, us1, down, ddt, dnumel, ds0, ds1,
                                fast, threads)
 
@@ -184,6 +188,8 @@ class Recorder:
         self.add("fuzz_linalg", bytes([3, 2, arith_bits(dt) | (kind << 3), lg]) + svar(keep) + svar(cols // h) +
                  svar(0) + mem(w, keep * cols * dsize(dt)))
         self.add("fuzz_values", bytes([4, lg]) + svar(kind) + bytes([arith_bits(dt)]) + svar(1) + svar(h - 1))
+        self.add("fuzz_cuda", bytes([2 | 0x10, arith_bits(dt) | (kind << 3), lg]) + svar(keep) + svar(cols // h) +
+                 svar(0) + mem(w, keep * cols * dsize(dt)))
         return self._c.hadamard(w, dt, rows, cols, numel, h, kind, fast, threads)
 
     # --- quantize -----------------------------------------------------------------------------------------------
