@@ -78,7 +78,7 @@ def match_module(param_name: str, patterns) -> str | None:
             continue
         if param_name == p or p in parts:
             return p
-        if "*" in p and re.match(_pattern_regex(p), param_name):
+        if "*" in p and _star_match(p, param_name):
             return p
     return None
 
@@ -86,6 +86,63 @@ def match_module(param_name: str, patterns) -> str | None:
 def _pattern_regex(p: str) -> str:
     """the regex sdnq makes of a module pattern containing '*'"""
     return p.replace(".*", "\\.*").replace("*", ".*")
+
+
+_REGEX_META = frozenset("\\^$+?()[]{}|")
+
+
+def _star_match(p: str, name: str) -> bool:
+    """re.match(_pattern_regex(p), name) in time linear in len(p) * len(name): Python's backtracking
+    takes exponential time on patterns like 'a.*****b' against a long name that does not match (a
+    crafted file could hang the loader). Patterns using other regex syntax go to re (config files
+    refuse them, QuantConfig._check_pattern)."""
+    if any(c in _REGEX_META for c in p):
+        return re.match(_pattern_regex(p), name) is not None
+    # the regex's atoms: 'L' literal, 'A' any character but newline, 'S' any run of them
+    toks, i = [], 0
+    while i < len(p):
+        if p.startswith(".*", i):  # '.*' -> '\..*': a literal dot, then anything
+            toks += [("L", "."), ("S", None)]
+            i += 2
+        elif p[i] == "*":
+            if not toks or toks[-1][0] != "S":  # '**' matches what '*' does
+                toks.append(("S", None))
+            i += 1
+        else:
+            toks.append(("A", None) if p[i] == "." else ("L", p[i]))
+            i += 1
+    m = len(toks)
+
+    def closure(states):
+        out = set()
+        for k in states:
+            out.add(k)
+            while k < m and toks[k][0] == "S":
+                k += 1
+                out.add(k)
+        return out
+
+    states = closure({0})
+    for ch in name:
+        if m in states:  # re.match: a matched prefix is enough
+            return True
+        nxt = set()
+        for k in states:
+            if k == m:
+                continue
+            kind, c = toks[k]
+            if kind == "S":
+                if ch != "\n":
+                    nxt.add(k)
+            elif kind == "A":
+                if ch != "\n":
+                    nxt.add(k + 1)
+            elif c == ch:
+                nxt.add(k + 1)
+        if not nxt:
+            return False
+        states = closure(nxt)
+    return m in states
 
 
 @dataclass(frozen=True)
@@ -197,6 +254,10 @@ class QuantConfig:
             except re.error as exc:
                 raise SdnqFormatError(f"{where(self.source)}{label}: module pattern {p!r} is not a valid pattern "
                                       f"({exc})") from None
+            if any(c in _REGEX_META for c in p):
+                # evaluated with Python's backtracking regex engine, a crafted pattern takes exponential time
+                raise SdnqUnsupportedError(f"{where(self.source)}{label}: module pattern {p!r} uses regex syntax "
+                                           f"other than '*' and '.', which comfy_sdnq does not evaluate")
 
     def __getitem__(self, key):
         return self.values[key]

@@ -640,6 +640,8 @@ CONFIG_CASES = [
      ["modules_dtype_dict['int8']: module pattern 'a*)'"]),
     ("module-config-bad-regex", SdnqFormatError, _qcfg(modules_quant_config={"blocks.*(": {"group_size": 32}}),
      ["modules_quant_config: module pattern 'blocks.*('"]),
+    ("not-convert-regex-syntax", SdnqUnsupportedError, _qcfg(modules_to_not_convert=["(a+)+b*"]),
+     ["module pattern '(a+)+b*' uses regex syntax other than '*' and '.'"]),
     ("module-config-list", SdnqFormatError, _qcfg(modules_quant_config={"x": ["int8"]}),
      ["modules_quant_config must map module names to objects"]),
     ("module-config-group-size-string", SdnqFormatError, _qcfg(modules_quant_config={"x": {"group_size": "abc"}}),
@@ -681,6 +683,22 @@ def test_whitespace_padded_config_loads(tmp_path):
     t0 = time.perf_counter()
     assert layout.is_sdnq(comfy_sdnq.load(path)["x.weight"])
     assert time.perf_counter() - t0 < 10
+
+
+def test_star_patterns_take_linear_time():
+    """found by fuzzing (tests/fuzz/fuzz_files.py): sdnq turns a '*' pattern into a regex, and Python's
+    backtracking took exponential time on 'embed.*****...weigh' against a long layer name that does
+    not match - a crafted file hung the loader. Matching is now linear, with sdnq's results."""
+    from comfy_sdnq.config import QuantConfig, match_module
+    cfg = QuantConfig({"quant_method": "sdnq", "weights_dtype": "int8",
+                       "modules_to_not_use_matmul": ["embed." + "*" * 120 + "weigh"]}, "x")
+    t0 = time.perf_counter()
+    cfg.layer("embed." + "a" * 3000 + ".weight", "linear")
+    assert time.perf_counter() - t0 < 2.0
+    assert match_module("embed.x.weight", ["embed.*weigh"]) == "embed.*weigh"
+    assert match_module("blocks.3.attn.to_q.weight", ["blocks.*.to_q"]) == "blocks.*.to_q"
+    assert match_module("blocks.3.attn.to_k.weight", ["blocks.*.to_q", "*.to_v"]) is None
+    assert match_module("transformer_blocks.0.norm1.weight", ["transformer_blocks.0.norm*"]) is not None
 
 
 @pytest.mark.parametrize("where", ["quantization_config.json", "config.json"])
