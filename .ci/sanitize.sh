@@ -101,10 +101,10 @@ PYENV=(LD_PRELOAD="$PRELOAD" PYTHONMALLOC=malloc PYTHONSAFEPATH=1
        PYTHONPATH="$BUILD/pkg:$ROOT${PYTHONPATH:+:$PYTHONPATH}")
 
 # the smoke test: three pytest runs (SANITIZE_PYTEST_ARGS, split on spaces, replaces them by one)
-RUN1=(tests/test_oracle.py -k "uint4 or int5 or float8_e4m3fn")
+RUN1=(tests/test_oracle.py -k "uint4 or float8_e4m3fn")
 # test_bad_input's subprocess tests are left out: their children import the checkout's module
 RUN2=(tests/test_dtypes.py tests/test_bad_input.py -k "not fuzz and not memory_bombs and not disk_full")
-RUN3=(tests/test_corpus.py)
+RUN3=(tests/test_corpus.py -k "not deterministic")
 NRUNS=3
 if [ -n "${SANITIZE_PYTEST_ARGS:-}" ]; then
     # shellcheck disable=SC2206  # split on purpose
@@ -118,10 +118,10 @@ pytest_run() {  # pytest_run ARGS...: one sanitized pytest run; a sanitizer repo
     tail -n 1 "$log"
     [ $rc -eq 0 ] || grep -aE "^(FAILED|ERROR)|Fatal Python error" "$log" | head -20
     if [ -n "$(ls -A "$SANLOG")" ]; then
-        echo "sanitizer report(s):"
+        # (LSAN_PRINT_SUPPRESSIONS=1 writes the suppressions used into these files: not a failure)
         for f in "$SANLOG"/*; do echo "--- $f"; head -n 60 "$f"; done
+        if grep -aqE "ERROR: |runtime error|CHECK failed" "$SANLOG"/*; then echo "sanitizer report(s) above"; rc=1; fi
         mkdir -p "$BUILD/reports-kept" && mv "$SANLOG"/* "$BUILD/reports-kept/"
-        rc=1
     fi
     return $rc
 }
