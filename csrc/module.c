@@ -35,6 +35,7 @@
 #endif
 #include <Python.h>
 
+#include "pyargs.h"
 #include "sdnq/sdnq.h"
 
 typedef struct {
@@ -46,32 +47,11 @@ static inline module_state *get_state(PyObject *module) {
     return (module_state *)state;
 }
 
-/* Parse nargs integers (pointers, sizes) from a fastcall vector. */
-static int parse_i64(const char *fname, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected,
-                     int64_t *out) {
-    if (nargs != expected) {
-        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", fname, expected, nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        long long v = PyLong_AsLongLong(args[i]);
-        if (v == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s(): argument %zd must be an integer", fname, i + 1);
-            return -1;
-        }
-        out[i] = (int64_t)v;
-    }
-    return 0;
-}
-
 static PyObject *raise_status(PyObject *module, const char *fname, sdnq_status st) {
     PyErr_Format(get_state(module)->error, "%s: %s (status %d)", fname, sdnq_status_str(st), (int)st);
     return NULL;
 }
 
-#define PTR(x) ((void *)(intptr_t)(x))
-#define CPTR(x) ((const void *)(intptr_t)(x))
 
 /* ------------------------------------------------------------------------ */
 /* tables                                                                    */
@@ -218,26 +198,7 @@ PyDoc_STRVAR(dequantize_doc, "dequantize(type, outer, red, inner, codes, codes_b
 static PyObject *dequantize(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[25];
     if (parse_i64("dequantize", args, nargs, 25, a) < 0) return NULL;
-    sdnq_dequant_desc d = {
-        .type = (int32_t)a[0],
-        .outer = a[1],
-        .red = a[2],
-        .inner = a[3],
-        .codes = CPTR(a[4]),
-        .codes_bytes = a[5],
-        .scale = CPTR(a[6]),
-        .scale_dtype = (int32_t)a[7],
-        .scale_numel = a[8],
-        .scale_stride = {a[9], a[10], a[11]},
-        .zero_point = CPTR(a[12]),
-        .zp_numel = a[13],
-        .zp_stride = {a[14], a[15]},
-        .codebook = (int32_t)a[16],
-        .out = PTR(a[17]),
-        .out_dtype = (int32_t)a[18],
-        .out_numel = a[19],
-        .out_stride = {a[20], a[21], a[22]},
-    };
+    sdnq_dequant_desc d = dequant_desc_from(a);
     sdnq_status st;
     Py_BEGIN_ALLOW_THREADS
     st = a[23] ? sdnq_dequantize(&d, (int32_t)a[24]) : sdnq_dequantize_ref(&d);
@@ -281,22 +242,7 @@ PyDoc_STRVAR(svd_add_doc, "svd_add(w, w_dtype, rows, cols, w_numel, rank, up, up
 static PyObject *svd_add(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[18];
     if (parse_i64("svd_add", args, nargs, 18, a) < 0) return NULL;
-    sdnq_svd_desc d = {
-        .w = PTR(a[0]),
-        .w_dtype = (int32_t)a[1],
-        .rows = a[2],
-        .cols = a[3],
-        .w_numel = a[4],
-        .rank = a[5],
-        .up = CPTR(a[6]),
-        .up_dtype = (int32_t)a[7],
-        .up_numel = a[8],
-        .up_stride = {a[9], a[10]},
-        .down = CPTR(a[11]),
-        .down_dtype = (int32_t)a[12],
-        .down_numel = a[13],
-        .down_stride = {a[14], a[15]},
-    };
+    sdnq_svd_desc d = svd_desc_from(a);
     sdnq_status st;
     Py_BEGIN_ALLOW_THREADS
     st = a[16] ? sdnq_svd_add(&d, (int32_t)a[17]) : sdnq_svd_add_ref(&d);

@@ -42,6 +42,7 @@
 #endif
 #include <Python.h>
 
+#include "pyargs.h"
 #include "sdnq/sdnq_cuda.h"
 
 #define MAX_DEVICES 64
@@ -52,24 +53,6 @@ typedef struct {
 } module_state;
 
 static inline module_state *get_state(PyObject *module) { return (module_state *)PyModule_GetState(module); }
-
-static int parse_i64(const char *fname, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t expected,
-                     int64_t *out) {
-    if (nargs != expected) {
-        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", fname, expected, nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++) {
-        long long v = PyLong_AsLongLong(args[i]);
-        if (v == -1 && PyErr_Occurred()) {
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s(): argument %zd must be an integer", fname, i + 1);
-            return -1;
-        }
-        out[i] = (int64_t)v;
-    }
-    return 0;
-}
 
 static PyObject *raise_status(PyObject *module, const char *fname, sdnq_status st) {
     PyObject *msg = PyUnicode_FromFormat("%s: %s (status %d)", fname, sdnq_status_str(st), (int)st);
@@ -82,8 +65,6 @@ static PyObject *raise_status(PyObject *module, const char *fname, sdnq_status s
     return NULL;
 }
 
-#define PTR(x) ((void *)(intptr_t)(x))
-#define CPTR(x) ((const void *)(intptr_t)(x))
 #define DONE(fname, call)                                            \
     do {                                                             \
         sdnq_status st_ = (call);                                    \
@@ -100,26 +81,7 @@ PyDoc_STRVAR(dequantize_doc, "dequantize(type, outer, red, inner, codes, codes_b
 static PyObject *dequantize(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[24];
     if (parse_i64("dequantize", args, nargs, 24, a) < 0) return NULL;
-    sdnq_dequant_desc d = {
-        .type = (int32_t)a[0],
-        .outer = a[1],
-        .red = a[2],
-        .inner = a[3],
-        .codes = CPTR(a[4]),
-        .codes_bytes = a[5],
-        .scale = CPTR(a[6]),
-        .scale_dtype = (int32_t)a[7],
-        .scale_numel = a[8],
-        .scale_stride = {a[9], a[10], a[11]},
-        .zero_point = CPTR(a[12]),
-        .zp_numel = a[13],
-        .zp_stride = {a[14], a[15]},
-        .codebook = (int32_t)a[16],
-        .out = PTR(a[17]),
-        .out_dtype = (int32_t)a[18],
-        .out_numel = a[19],
-        .out_stride = {a[20], a[21], a[22]},
-    };
+    sdnq_dequant_desc d = dequant_desc_from(a);
     DONE("dequantize", sdnq_cuda_dequantize(&d, PTR(a[23])));
 }
 
@@ -129,42 +91,11 @@ PyDoc_STRVAR(dequantize_svd_doc, "dequantize_svd(<dequantize's arguments but str
 static PyObject *dequantize_svd(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[37];
     if (parse_i64("dequantize_svd", args, nargs, 37, a) < 0) return NULL;
-    sdnq_dequant_desc d = {
-        .type = (int32_t)a[0],
-        .outer = a[1],
-        .red = a[2],
-        .inner = a[3],
-        .codes = CPTR(a[4]),
-        .codes_bytes = a[5],
-        .scale = CPTR(a[6]),
-        .scale_dtype = (int32_t)a[7],
-        .scale_numel = a[8],
-        .scale_stride = {a[9], a[10], a[11]},
-        .zero_point = CPTR(a[12]),
-        .zp_numel = a[13],
-        .zp_stride = {a[14], a[15]},
-        .codebook = (int32_t)a[16],
-        .out = PTR(a[17]),
-        .out_dtype = (int32_t)a[18],
-        .out_numel = a[19],
-        .out_stride = {a[20], a[21], a[22]},
-    };
-    sdnq_svd_desc s = {
-        .w = PTR(a[17]),
-        .w_dtype = (int32_t)a[18],
-        .rows = a[23],
-        .cols = a[24],
-        .w_numel = a[19],
-        .rank = a[25],
-        .up = CPTR(a[26]),
-        .up_dtype = (int32_t)a[27],
-        .up_numel = a[28],
-        .up_stride = {a[29], a[30]},
-        .down = CPTR(a[31]),
-        .down_dtype = (int32_t)a[32],
-        .down_numel = a[33],
-        .down_stride = {a[34], a[35]},
-    };
+    sdnq_dequant_desc d = dequant_desc_from(a);
+    /* the SVD branch writes the dequantized weight: w = out (a[17..19]), then a[23..35] */
+    const int64_t sv[16] = {a[17], a[18], a[23], a[24], a[19], a[25], a[26], a[27],
+                            a[28], a[29], a[30], a[31], a[32], a[33], a[34], a[35]};
+    sdnq_svd_desc s = svd_desc_from(sv);
     DONE("dequantize_svd", sdnq_cuda_dequantize_svd(&d, &s, PTR(a[36])));
 }
 
@@ -174,22 +105,7 @@ PyDoc_STRVAR(svd_add_doc, "svd_add(w, w_dtype, rows, cols, w_numel, rank, up, up
 static PyObject *svd_add(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[17];
     if (parse_i64("svd_add", args, nargs, 17, a) < 0) return NULL;
-    sdnq_svd_desc d = {
-        .w = PTR(a[0]),
-        .w_dtype = (int32_t)a[1],
-        .rows = a[2],
-        .cols = a[3],
-        .w_numel = a[4],
-        .rank = a[5],
-        .up = CPTR(a[6]),
-        .up_dtype = (int32_t)a[7],
-        .up_numel = a[8],
-        .up_stride = {a[9], a[10]},
-        .down = CPTR(a[11]),
-        .down_dtype = (int32_t)a[12],
-        .down_numel = a[13],
-        .down_stride = {a[14], a[15]},
-    };
+    sdnq_svd_desc d = svd_desc_from(a);
     DONE("svd_add", sdnq_cuda_svd_add(&d, PTR(a[16])));
 }
 
