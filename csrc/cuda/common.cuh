@@ -5,7 +5,8 @@
  * runs), the bit layouts blocks.h's, the argument checks check.h's. This file
  * adds what only device code needs: dtype-templated loads, stores and
  * roundings (compile-time dtypes fold codec.h's switches away), the packing
- * unit of the fast kernels, launch helpers and status mapping.
+ * unit of the fast kernels, the 16-byte stores, the tensor-core mma.sync
+ * wrapper, launch helpers and status mapping.
  *
  * Floating-point rule: wherever a result must equal the CPU core's bits, the
  * kernels spell each operation with an _rn intrinsic (__fmul_rn, __fadd_rn,
@@ -202,6 +203,39 @@ __device__ __forceinline__ float scale_value_rt(float v, float s, float z, bool 
 
 constexpr int UNIT = 8;
 
+/* one 16-byte store (p 16-byte aligned); spelled out since nvcc may split a uint4 assignment */
+__device__ __forceinline__ void st_global16(void *p, uint4 v) {
+#ifdef SDNQ_CUDA_EMU
+    *(uint4 *)p = v;
+#else
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+#endif
+}
+
+/* 8 results -> out[e0 .. e0+8), e0 a multiple of 8, out 16-byte aligned; hardware
+ * round-to-nearest-even conversions (codec.h's bits for every non-NaN value) */
+template <int ODT> __device__ __forceinline__ void store_unit(void *out, int64_t e0, const float (&r)[UNIT]) {
+    if constexpr (ODT == SDNQ_DT_F32) {
+        float4 *p = (float4 *)((float *)out + e0);
+        p[0] = make_float4(r[0], r[1], r[2], r[3]);
+        p[1] = make_float4(r[4], r[5], r[6], r[7]);
+    } else {
+        uint32_t w[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            if constexpr (ODT == SDNQ_DT_BF16) {
+                const __nv_bfloat162 v = __floats2bfloat162_rn(r[2 * q], r[2 * q + 1]);
+                memcpy(&w[q], &v, 4);
+            } else {
+                const __half2 v = __floats2half2_rn(r[2 * q], r[2 * q + 1]);
+                memcpy(&w[q], &v, 4);
+            }
+        }
+        st_global16((uint16_t *)out + e0, make_uint4(w[0], w[1], w[2], w[3]));
+    }
+}
+
 /* bytes holding one unit: `bits` bytes, or one int64 word for 1-bit codes */
 template <int BITS> struct unit_geom {
     static constexpr int bytes = BITS == 1 ? 8 : BITS;
@@ -277,6 +311,31 @@ __device__ __forceinline__ void unpack_unit(const uint8_t (&b)[unit_geom<BITS>::
 __device__ __forceinline__ void build_lut(float *lut, sdnq_type_traits t, int32_t sdt) {
     const int n = 1 << t.bits;
     for (int c = threadIdx.x; c < n; c += blockDim.x) lut[c] = sdnq_weight_value(&t, (uint32_t)c, sdt);
+}
+
+/* ------------------------------------------------------------------------ */
+/* tensor cores                                                              */
+
+/* D += A * B, m16n8k16, fp32 accumulators (warp-collective: every lane executes it) */
+template <int DT>
+__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+#ifdef SDNQ_CUDA_EMU
+    sdnq_emu::mma16816(d, a0, a1, a2, a3, b0, b1, DT == SDNQ_DT_BF16);
+#else
+    if constexpr (DT == SDNQ_DT_BF16)
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+    else
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
 }  // namespace sdnq_cuda

@@ -80,39 +80,6 @@ constexpr int FLAT_THREADS = 256;
 constexpr int FLAT_BLOCKS_PER_SM = 8; /* the flat kernel's grid: SMs x this (grid-stride loop) */
 constexpr int GENERAL_THREADS = 256;
 
-/* one 16-byte store (p 16-byte aligned); spelled out since nvcc may split a uint4 assignment */
-__device__ __forceinline__ void st_global16(void *p, uint4 v) {
-#ifdef SDNQ_CUDA_EMU
-    *(uint4 *)p = v;
-#else
-    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-                 : "memory");
-#endif
-}
-
-/* 8 results -> out[e0 .. e0+8), e0 a multiple of 8, out 16-byte aligned; hardware
- * round-to-nearest-even conversions (codec.h's bits for every non-NaN value) */
-template <int ODT> __device__ __forceinline__ void store_unit(void *out, int64_t e0, const float (&r)[UNIT]) {
-    if constexpr (ODT == SDNQ_DT_F32) {
-        float4 *p = (float4 *)((float *)out + e0);
-        p[0] = make_float4(r[0], r[1], r[2], r[3]);
-        p[1] = make_float4(r[4], r[5], r[6], r[7]);
-    } else {
-        uint32_t w[4];
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            if constexpr (ODT == SDNQ_DT_BF16) {
-                const __nv_bfloat162 v = __floats2bfloat162_rn(r[2 * q], r[2 * q + 1]);
-                memcpy(&w[q], &v, 4);
-            } else {
-                const __half2 v = __floats2half2_rn(r[2 * q], r[2 * q + 1]);
-                memcpy(&w[q], &v, 4);
-            }
-        }
-        st_global16((uint16_t *)out + e0, make_uint4(w[0], w[1], w[2], w[3]));
-    }
-}
-
 /* 8 results -> out, the output dtype chosen at run time (uniform branch) */
 __device__ __forceinline__ void store_unit_rt(void *out, int32_t odt, int64_t e0, const float (&r)[UNIT]) {
     if (odt == SDNQ_DT_BF16) store_unit<SDNQ_DT_BF16>(out, e0, r);
@@ -332,28 +299,6 @@ struct SvdDequantArgs {
     int32_t up_vec, down_t, down_c;
 };
 
-/* D += A * B, m16n8k16, fp32 accumulators (warp-collective) */
-template <int ODT>
-__device__ __forceinline__ void svdq_mma(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-#ifdef SDNQ_CUDA_EMU
-    sdnq_emu::mma16816(d, a0, a1, a2, a3, b0, b1, ODT == SDNQ_DT_BF16);
-#else
-    if constexpr (ODT == SDNQ_DT_BF16)
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    else
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
 /* what one thread loads for one tile: its units' codes and scales (zero points), and its part
  * of the tile's up rows (rank <= SVDQ_TK: the whole rank in one chunk) */
 template <int BITS> struct SvdTile {
@@ -487,7 +432,7 @@ __device__ __forceinline__ void svdq_mma_chunk(const uint16_t *us, const uint16_
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             const uint16_t *bb = dsT + (8 * (nb + j) + g) * SVDQ_KP + ks + 2 * t;
-            svdq_mma<ODT>(acc[j], a0, a1, a2, a3, *(const uint32_t *)bb, *(const uint32_t *)(bb + 8));
+            mma16816<ODT>(acc[j], a0, a1, a2, a3, *(const uint32_t *)bb, *(const uint32_t *)(bb + 8));
         }
     }
 }

@@ -120,28 +120,6 @@ struct LowrankArgs {
     float *t;    /* [splits, M, rank]: partial sums over each split's k range */
 };
 
-/* D += A * B, m16n8k16, fp32 accumulators (warp-collective: every lane executes it) */
-template <int XDT>
-__device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-#ifdef SDNQ_CUDA_EMU
-    sdnq_emu::mma16816(d, a0, a1, a2, a3, b0, b1, XDT == SDNQ_DT_BF16);
-#else
-    if constexpr (XDT == SDNQ_DT_BF16)
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-    else
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-            : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
 /* two fp32 values -> one register of two XDT halves, lo first (RNE) */
 template <int XDT> __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
     uint32_t u;

@@ -178,24 +178,7 @@ __global__ void __launch_bounds__(EPI_THREADS)
                 r[k] = __fmul_rn(__fmul_rn(v, sa), sdnq_load_float(b_scale, n * b_scale_stride, b_scale_dtype));
                 if (bias != NULL) r[k] = __fadd_rn(r[k], sdnq_load_float(bias, n, ODT));
             }
-            if constexpr (ODT == SDNQ_DT_F32) {
-                float4 *p = (float4 *)((float *)out + e);
-                p[0] = make_float4(r[0], r[1], r[2], r[3]);
-                p[1] = make_float4(r[4], r[5], r[6], r[7]);
-            } else {
-                uint32_t w[4];
-#pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    if constexpr (ODT == SDNQ_DT_BF16) {
-                        const __nv_bfloat162 h = __floats2bfloat162_rn(r[2 * q], r[2 * q + 1]);
-                        memcpy(&w[q], &h, 4);
-                    } else {
-                        const __half2 h = __floats2half2_rn(r[2 * q], r[2 * q + 1]);
-                        memcpy(&w[q], &h, 4);
-                    }
-                }
-                *(uint4 *)((uint16_t *)out + e) = make_uint4(w[0], w[1], w[2], w[3]);
-            }
+            store_unit<ODT>(out, e, r);
         }
     }
 }
