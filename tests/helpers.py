@@ -1,4 +1,6 @@
 """Helpers shared by the tests."""
+import contextlib
+
 import torch
 
 
@@ -19,3 +21,59 @@ def assert_bits_equal(a: torch.Tensor, b: torch.Tensor, what: str = ""):
     diff = (bits(a) != bits(b)).nonzero()
     i = tuple(diff[0].tolist())
     raise AssertionError(f"{what}: {len(diff)} element(s) differ, first at {i}: {a[i].item()!r} vs {b[i].item()!r}")
+
+
+class FakeEvent:
+    """a CUDA event emulated on the CPU: never done until synchronized (a throttle that
+    waits on one must synchronize it); FakeEvent.synced counts synchronizations"""
+
+    synced = 0
+
+    def __init__(self, enable_timing=False):
+        self.done = False
+
+    def record(self, stream=None):
+        self.done = False
+
+    def query(self):
+        return self.done
+
+    def synchronize(self):
+        self.done = True
+        FakeEvent.synced += 1
+
+    def elapsed_time(self, other):
+        return 0.5  # ms
+
+
+class FakeStream:
+    """a CUDA stream emulated on the CPU, counting its synchronizations"""
+
+    def __init__(self, device=None):
+        self.synced = 0
+
+    def wait_event(self, event):
+        pass
+
+    def synchronize(self):
+        self.synced += 1
+
+
+class FakeStreamAPI:
+    """torch.cuda's stream API (the part comfy_sdnq.offload uses) emulated on the CPU;
+    `compute` is the current stream"""
+
+    Event, Stream = FakeEvent, FakeStream
+
+    def __init__(self):
+        self.compute = FakeStream()
+
+    def current_stream(self, device=None):
+        return self.compute
+
+    @contextlib.contextmanager
+    def stream(self, s):
+        yield
+
+    def empty_cache(self):
+        pass

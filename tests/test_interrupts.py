@@ -17,6 +17,7 @@ import torch
 import comfy_sdnq
 from comfy_sdnq import converter, files, offload
 from comfy_sdnq.safetensors_io import write
+from helpers import FakeStreamAPI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -212,56 +213,9 @@ def test_load_interrupted(tmp_path, monkeypatch, exc):
 # the standalone offload: a forward that raises
 
 
-class _Event:
-    def __init__(self, enable_timing=False):
-        self.done = False
-
-    def record(self, stream=None):
-        self.done = False
-
-    def query(self):
-        return self.done
-
-    def synchronize(self):
-        self.done = True
-
-    def elapsed_time(self, other):
-        return 0.0
-
-
-class _Stream:
-    def __init__(self, device=None):
-        self.synced = 0
-
-    def wait_event(self, event):
-        pass
-
-    def synchronize(self):
-        self.synced += 1
-
-
-class _StreamAPI:
-    """torch.cuda's stream API on the CPU, counting synchronizations"""
-
-    Event, Stream = _Event, _Stream
-
-    def __init__(self):
-        self.compute = _Stream()
-
-    def current_stream(self, device=None):
-        return self.compute
-
-    @contextlib.contextmanager
-    def stream(self, s):
-        yield
-
-    def empty_cache(self):
-        pass
-
-
 @pytest.fixture
 def emulated(monkeypatch):
-    api = _StreamAPI()
+    api = FakeStreamAPI()
     monkeypatch.setattr(offload, "_streams", api)
     monkeypatch.setattr(offload, "_STREAM_DEVICES", ("cpu",))
     return api

@@ -4,7 +4,6 @@ int8), a tiny FluxPipeline with an SDNQ transformer and an SDNQ T5 text encoder 
 VAE, tokenizers and scheduler plain, built offline), sdnq's TinyNet with quantized
 Conv2d and Embedding layers. On the CPU the offload modes move nothing but run all of
 their bookkeeping; the CUDA tests stream for real and skip without a GPU."""
-import contextlib
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from helpers import FakeEvent, FakeStreamAPI
 from models import TinyNet, tiny_inputs, tiny_net
 
 from comfy_sdnq import layout, offload, standalone
@@ -202,60 +202,11 @@ def test_conv_and_embedding(tmp_path):
             assert torch.equal(a, b)
 
 
-class _Event:
-    """an emulated CUDA event: never done until synchronized (so the throttle must wait)"""
-    synced = 0
-
-    def __init__(self, enable_timing=False):
-        self.done = False
-
-    def record(self, stream=None):
-        self.done = False
-
-    def query(self):
-        return self.done
-
-    def synchronize(self):
-        self.done = True
-        _Event.synced += 1
-
-    def elapsed_time(self, other):
-        return 0.5  # ms
-
-
-class _Stream:
-    def __init__(self, device=None):
-        pass
-
-    def wait_event(self, event):
-        pass
-
-    def synchronize(self):
-        pass
-
-
-class _StreamAPI:
-    """torch.cuda's stream API, emulated on the CPU"""
-
-    Event, Stream = _Event, _Stream
-    _current = _Stream()
-
-    def current_stream(self, device=None):
-        return self._current
-
-    @contextlib.contextmanager
-    def stream(self, s):
-        yield
-
-    def empty_cache(self):
-        pass
-
-
 def test_layer_streaming_logic_emulated(folders, monkeypatch):
     """the CUDA path of layer streaming (side stream, real copies into fresh buffers,
     prefetch of the successor, throttle, copy waits) with the stream API emulated on the CPU"""
     ref = run(standalone.load_model(folders["uint4-svd"], device="cpu"))
-    monkeypatch.setattr(offload, "_streams", _StreamAPI())
+    monkeypatch.setattr(offload, "_streams", FakeStreamAPI())
     monkeypatch.setattr(offload, "_STREAM_DEVICES", ("cpu",))
     model = standalone.load_model(folders["uint4-svd"], device="cpu", offload="layer")
     state = offload.state_of(model)
@@ -270,13 +221,13 @@ def test_layer_streaming_logic_emulated(folders, monkeypatch):
         seen.append((unit.name, [u.name for u in mover.live], len(mover.retired), on_host))
 
     monkeypatch.setattr(mover, "acquire", spy)
-    synced = _Event.synced
+    synced = FakeEvent.synced
     for _ in range(3):
         assert torch.equal(run(model), ref)
     st = offload.stats(model)
     # each forward copies its 4 blocks; the last block prefetches the first one for the next forward
     assert st.transfers == 3 * 4 + 1 and st.bytes_moved == 3 * st.streamed_bytes + units[0].nbytes
-    assert st.loads == 12 and _Event.synced > synced and st.throttle_s > 0
+    assert st.loads == 12 and FakeEvent.synced > synced and st.throttle_s > 0
     names = [u.name for u in units]
     for i, (name, live, retired, on_host) in enumerate(seen):
         nxt = names[(names.index(name) + 1) % 4]
