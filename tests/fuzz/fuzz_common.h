@@ -157,4 +157,23 @@ static inline void fz_same_floats(const char *what, const void *a, const void *b
  * reaches sdnq_threads, which every thread count must handle) */
 static inline int32_t fz_threads(uint8_t b) { return (int32_t)(b % 5) - 1; }
 
+/* d (out unset) through sdnq_dequantize_ref and sdnq_dequantize, each into its own output
+ * buffer of d->out_numel elements pre-filled with 0x5A: the same status, and on success the
+ * same outputs compared whole (an element written by one and not the other shows) */
+static inline sdnq_status fz_dequant_pair(const char *what, const sdnq_dequant_desc *d, int32_t nthreads) {
+    const int64_t bytes = d->out_numel > 0 ? d->out_numel * fz_dt_size(d->out_dtype) : 0;
+    void *out_ref = malloc(bytes > 0 ? (size_t)bytes : 1);
+    if (out_ref == NULL) abort();
+    memset(out_ref, 0x5A, bytes > 0 ? (size_t)bytes : 1);
+    void *out_fast = fz_dup(out_ref, bytes > 0 ? bytes : 1);
+    sdnq_dequant_desc dr = *d, df = *d;
+    dr.out = out_ref, df.out = out_fast;
+    const sdnq_status a = sdnq_dequantize_ref(&dr);
+    const sdnq_status b = sdnq_dequantize(&df, nthreads);
+    FZ_SAME_STATUS(what, a, b);
+    if (a == SDNQ_OK) fz_same_floats(what, out_ref, out_fast, d->out_numel, d->out_dtype);
+    free(out_ref), free(out_fast);
+    return a;
+}
+
 #endif /* SDNQ_FUZZ_COMMON_H */
