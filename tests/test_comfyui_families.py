@@ -653,6 +653,16 @@ def _build(name, tmp):
     return _BUILT[name]
 
 
+def _discard(name, tmp):
+    """remove a family's three files (up to 1.8 GB each at the published widths): the
+    module's peak disk use stays that of one family; a later _build writes them again"""
+    stem, _ = _BUILT.pop(name, (None, None))
+    for kind in ("sdnq", "dense", "original") if stem else ():
+        path = os.path.join(tmp, "diffusion_models", f"{stem}-{kind}.safetensors")
+        if os.path.exists(path):
+            os.remove(path)
+
+
 SLOW = {"SDXL (Vega)"}  # a 745M-parameter UNet sampled three times: minutes on a 2-core CPU
 
 
@@ -664,32 +674,35 @@ def test_numerics_through_load_diffusion_model(families_dir, name, caplog):
 
     spec = NUMERICS[name]
     stem, n_quantized = _build(name, families_dir)
-    caplog.clear()
-    model = cm.load_unet(f"{stem}-sdnq.safetensors")
-    # ComfyUI loads non-strictly and only logs what the file lacks (left uninitialized) or has extra
-    assert not [r.message for r in caplog.records if r.message.startswith(("unet missing", "unet unexpected"))]
-    assert isinstance(model, SDNQModelPatcher)
-    assert type(model.model.model_config).__name__ == spec.comfy_cls
-    q, f, plain = cm.quantized_weights(model.model.diffusion_model)
-    # every layer sdnq quantized is an SDNQ weight in ComfyUI's model, alone or a part of a fused
-    # one; except SD3's last context adaLN, whose rows ComfyUI reorders (loaded dense)
-    parts = q + sum(len(p.params.parts) for p in model.model.diffusion_model.parameters() if _is_fused(p))
-    assert parts == n_quantized - (1 if name == "SD3.5" else 0), (q, f, plain, n_quantized)
-    assert (f > 0) == spec.fused
-    assert model.model_size() == cm.expected_model_size(model)
+    try:
+        caplog.clear()
+        model = cm.load_unet(f"{stem}-sdnq.safetensors")
+        # ComfyUI loads non-strictly and only logs what the file lacks (left uninitialized) or has extra
+        assert not [r.message for r in caplog.records if r.message.startswith(("unet missing", "unet unexpected"))]
+        assert isinstance(model, SDNQModelPatcher)
+        assert type(model.model.model_config).__name__ == spec.comfy_cls
+        q, f, plain = cm.quantized_weights(model.model.diffusion_model)
+        # every layer sdnq quantized is an SDNQ weight in ComfyUI's model, alone or a part of a fused
+        # one; except SD3's last context adaLN, whose rows ComfyUI reorders (loaded dense)
+        parts = q + sum(len(p.params.parts) for p in model.model.diffusion_model.parameters() if _is_fused(p))
+        assert parts == n_quantized - (1 if name == "SD3.5" else 0), (q, f, plain, n_quantized)
+        assert (f > 0) == spec.fused
+        assert model.model_size() == cm.expected_model_size(model)
 
-    reference = cm.load_unet(f"{stem}-dense.safetensors")
-    original = cm.load_unet(f"{stem}-original.safetensors")
-    assert type(reference).__name__ == "ModelPatcher"
-    assert type(reference.model.model_config).__name__ == spec.comfy_cls
-    opts = dict(spec.cond)
-    cond = cm.text_cond(opts.pop("dim"), pooled=opts.pop("pooled", None), **opts)
-    ours, ref, orig = (cm.sample_latent(m, cond, spec.latent) for m in (model, reference, original))
-    err, quant_err = cm.rel(ours, ref), cm.rel(orig, ref)
-    print(f"\n{name} ({spec.quant['weights_dtype']}{'+SVD' if spec.quant.get('use_svd') else ''}): "
-          f"vs dense-dequantized {err:.2e}, quantization error {quant_err:.2e}")
-    assert torch.isfinite(ours).all()
-    assert err < 1e-2 and err < quant_err / 5
+        reference = cm.load_unet(f"{stem}-dense.safetensors")
+        original = cm.load_unet(f"{stem}-original.safetensors")
+        assert type(reference).__name__ == "ModelPatcher"
+        assert type(reference.model.model_config).__name__ == spec.comfy_cls
+        opts = dict(spec.cond)
+        cond = cm.text_cond(opts.pop("dim"), pooled=opts.pop("pooled", None), **opts)
+        ours, ref, orig = (cm.sample_latent(m, cond, spec.latent) for m in (model, reference, original))
+        err, quant_err = cm.rel(ours, ref), cm.rel(orig, ref)
+        print(f"\n{name} ({spec.quant['weights_dtype']}{'+SVD' if spec.quant.get('use_svd') else ''}): "
+              f"vs dense-dequantized {err:.2e}, quantization error {quant_err:.2e}")
+        assert torch.isfinite(ours).all()
+        assert err < 1e-2 and err < quant_err / 5
+    finally:
+        _discard(name, families_dir)
 
 
 def _is_fused(p):
