@@ -1152,17 +1152,24 @@ def main(argv=None) -> int:
     for kind in ("probe", "build", "worker"):
         if getattr(args, f"_{kind}"):
             return child_main(kind, getattr(args, f"_{kind}"))
+    return run_in_workdir(args, "bench_comfyui", _run)
+
+
+def run_in_workdir(args, prog: str, body) -> int:
+    """body(args, workdir, models_dir, t_start) with ComfyUI checked, the work and model
+    folders made (args.workdir / args.models_dir, else temporary ones) and, unless
+    args.keep, the ones made here removed afterwards"""
     if not os.path.isfile(os.path.join(comfyui_path(), "comfy", "model_patcher.py")):
-        print(f"bench_comfyui: ComfyUI not found at {comfyui_path()} (set COMFYUI_PATH)", file=sys.stderr)
+        print(f"{prog}: ComfyUI not found at {comfyui_path()} (set COMFYUI_PATH)", file=sys.stderr)
         return 2
     t_start = time.perf_counter()
-    workdir = args.workdir or tempfile.mkdtemp(prefix="bench_comfyui-")
+    workdir = args.workdir or tempfile.mkdtemp(prefix=f"{prog}-")
     os.makedirs(workdir, exist_ok=True)
     own_models = args.models_dir is None
     models_dir = args.models_dir or os.path.join(workdir, "models")
     os.makedirs(models_dir, exist_ok=True)
     try:
-        return _run(args, workdir, models_dir, t_start)
+        return body(args, workdir, models_dir, t_start)
     finally:
         if not args.keep:
             if own_models:

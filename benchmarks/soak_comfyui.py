@@ -51,9 +51,7 @@ import argparse
 import gc
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 
@@ -457,23 +455,7 @@ def main(argv=None) -> int:
     args = parse(argv)
     if args._soak:
         return child_main(args._soak)
-    if not os.path.isfile(os.path.join(bc.comfyui_path(), "comfy", "model_patcher.py")):
-        print(f"soak_comfyui: ComfyUI not found at {bc.comfyui_path()} (set COMFYUI_PATH)", file=sys.stderr)
-        return 2
-    t_start = time.perf_counter()
-    workdir = args.workdir or tempfile.mkdtemp(prefix="soak_comfyui-")
-    os.makedirs(workdir, exist_ok=True)
-    own_models = args.models_dir is None
-    models_dir = args.models_dir or os.path.join(workdir, "models")
-    os.makedirs(models_dir, exist_ok=True)
-    try:
-        return _run(args, workdir, models_dir, t_start)
-    finally:
-        if not args.keep:
-            if own_models:
-                shutil.rmtree(models_dir, ignore_errors=True)
-            if args.workdir is None:
-                shutil.rmtree(workdir, ignore_errors=True)
+    return bc.run_in_workdir(args, "soak_comfyui", _run)
 
 
 def _run(args, workdir, models_dir, t_start) -> int:
