@@ -52,6 +52,18 @@ static PyObject *raise_status(PyObject *module, const char *fname, sdnq_status s
     return NULL;
 }
 
+/* the end of an entry point: the core call (an sdnq_status expression) with the GIL released,
+ * then None, or SdnqError naming the function and the status */
+#define CALL_NOGIL(fname, ...)                                       \
+    do {                                                             \
+        sdnq_status st_;                                             \
+        Py_BEGIN_ALLOW_THREADS                                       \
+        st_ = (__VA_ARGS__);                                         \
+        Py_END_ALLOW_THREADS                                         \
+        if (st_ != SDNQ_OK) return raise_status(module, fname, st_); \
+        Py_RETURN_NONE;                                              \
+    } while (0)
+
 
 /* ------------------------------------------------------------------------ */
 /* tables                                                                    */
@@ -129,13 +141,9 @@ PyDoc_STRVAR(pack_doc, "pack(type, codes, n, dst, dst_bytes, fast, nthreads)");
 static PyObject *pack(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[7];
     if (parse_i64("pack", args, nargs, 7, a) < 0) return NULL;
-    sdnq_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = a[5] ? sdnq_pack((int32_t)a[0], (const int32_t *)CPTR(a[1]), a[2], PTR(a[3]), a[4], (int32_t)a[6])
-              : sdnq_pack_ref((int32_t)a[0], (const int32_t *)CPTR(a[1]), a[2], PTR(a[3]), a[4]);
-    Py_END_ALLOW_THREADS
-    if (st != SDNQ_OK) return raise_status(module, "pack", st);
-    Py_RETURN_NONE;
+    CALL_NOGIL("pack", a[5] ? sdnq_pack((int32_t)a[0], (const int32_t *)CPTR(a[1]), a[2], PTR(a[3]), a[4],
+                                        (int32_t)a[6])
+                            : sdnq_pack_ref((int32_t)a[0], (const int32_t *)CPTR(a[1]), a[2], PTR(a[3]), a[4]));
 }
 
 PyDoc_STRVAR(unpack_doc, "unpack(type, src, src_bytes, n, codes, fast, nthreads)");
@@ -143,13 +151,9 @@ PyDoc_STRVAR(unpack_doc, "unpack(type, src, src_bytes, n, codes, fast, nthreads)
 static PyObject *unpack(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[7];
     if (parse_i64("unpack", args, nargs, 7, a) < 0) return NULL;
-    sdnq_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = a[5] ? sdnq_unpack((int32_t)a[0], CPTR(a[1]), a[2], a[3], (int32_t *)PTR(a[4]), (int32_t)a[6])
-              : sdnq_unpack_ref((int32_t)a[0], CPTR(a[1]), a[2], a[3], (int32_t *)PTR(a[4]));
-    Py_END_ALLOW_THREADS
-    if (st != SDNQ_OK) return raise_status(module, "unpack", st);
-    Py_RETURN_NONE;
+    CALL_NOGIL("unpack", a[5] ? sdnq_unpack((int32_t)a[0], CPTR(a[1]), a[2], a[3], (int32_t *)PTR(a[4]),
+                                            (int32_t)a[6])
+                              : sdnq_unpack_ref((int32_t)a[0], CPTR(a[1]), a[2], a[3], (int32_t *)PTR(a[4])));
 }
 
 PyDoc_STRVAR(decode_doc, "decode(type, codes, n, out): stored codes -> fp32 values");
@@ -157,12 +161,7 @@ PyDoc_STRVAR(decode_doc, "decode(type, codes, n, out): stored codes -> fp32 valu
 static PyObject *decode(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[4];
     if (parse_i64("decode", args, nargs, 4, a) < 0) return NULL;
-    sdnq_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = sdnq_decode_ref((int32_t)a[0], (const int32_t *)CPTR(a[1]), a[2], (float *)PTR(a[3]));
-    Py_END_ALLOW_THREADS
-    if (st != SDNQ_OK) return raise_status(module, "decode", st);
-    Py_RETURN_NONE;
+    CALL_NOGIL("decode", sdnq_decode_ref((int32_t)a[0], (const int32_t *)CPTR(a[1]), a[2], (float *)PTR(a[3])));
 }
 
 PyDoc_STRVAR(encode_doc, "encode(type, x, n, codes): fp32 values -> custom float codes");
@@ -170,12 +169,7 @@ PyDoc_STRVAR(encode_doc, "encode(type, x, n, codes): fp32 values -> custom float
 static PyObject *encode(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[4];
     if (parse_i64("encode", args, nargs, 4, a) < 0) return NULL;
-    sdnq_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = sdnq_encode_ref((int32_t)a[0], (const float *)CPTR(a[1]), a[2], (int32_t *)PTR(a[3]));
-    Py_END_ALLOW_THREADS
-    if (st != SDNQ_OK) return raise_status(module, "encode", st);
-    Py_RETURN_NONE;
+    CALL_NOGIL("encode", sdnq_encode_ref((int32_t)a[0], (const float *)CPTR(a[1]), a[2], (int32_t *)PTR(a[3])));
 }
 
 PyDoc_STRVAR(convert_doc, "convert(x, n, dst, dst_dtype): fp32 values -> buffer dtype");
@@ -183,12 +177,7 @@ PyDoc_STRVAR(convert_doc, "convert(x, n, dst, dst_dtype): fp32 values -> buffer 
 static PyObject *convert(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[4];
     if (parse_i64("convert", args, nargs, 4, a) < 0) return NULL;
-    sdnq_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = sdnq_convert_ref((const float *)CPTR(a[0]), a[1], PTR(a[2]), (int32_t)a[3]);
-    Py_END_ALLOW_THREADS
-    if (st != SDNQ_OK) return raise_status(module, "convert", st);
-    Py_RETURN_NONE;
+    CALL_NOGIL("convert", sdnq_convert_ref((const float *)CPTR(a[0]), a[1], PTR(a[2]), (int32_t)a[3]));
 }
 
 PyDoc_STRVAR(dequantize_doc, "dequantize(type, outer, red, inner, codes, codes_bytes, scale, scale_dtype, "
@@ -199,12 +188,7 @@ static PyObject *dequantize(PyObject *module, PyObject *const *args, Py_ssize_t 
     int64_t a[25];
     if (parse_i64("dequantize", args, nargs, 25, a) < 0) return NULL;
     sdnq_dequant_desc d = dequant_desc_from(a);
-    sdnq_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = a[23] ? sdnq_dequantize(&d, (int32_t)a[24]) : sdnq_dequantize_ref(&d);
-    Py_END_ALLOW_THREADS
-    if (st != SDNQ_OK) return raise_status(module, "dequantize", st);
-    Py_RETURN_NONE;
+    CALL_NOGIL("dequantize", a[23] ? sdnq_dequantize(&d, (int32_t)a[24]) : sdnq_dequantize_ref(&d));
 }
 
 PyDoc_STRVAR(quantize_doc, "quantize(type, outer, red, inner, tensorwise, w, w_numel, scale_dtype, scale, zp, "
@@ -228,12 +212,7 @@ static PyObject *quantize(PyObject *module, PyObject *const *args, Py_ssize_t na
         .codes = (int32_t *)PTR(a[11]),
         .codes_numel = a[12],
     };
-    sdnq_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = a[13] ? sdnq_quantize(&d, (int32_t)a[14]) : sdnq_quantize_ref(&d);
-    Py_END_ALLOW_THREADS
-    if (st != SDNQ_OK) return raise_status(module, "quantize", st);
-    Py_RETURN_NONE;
+    CALL_NOGIL("quantize", a[13] ? sdnq_quantize(&d, (int32_t)a[14]) : sdnq_quantize_ref(&d));
 }
 
 PyDoc_STRVAR(svd_add_doc, "svd_add(w, w_dtype, rows, cols, w_numel, rank, up, up_dtype, up_numel, us0, us1, "
@@ -243,12 +222,7 @@ static PyObject *svd_add(PyObject *module, PyObject *const *args, Py_ssize_t nar
     int64_t a[18];
     if (parse_i64("svd_add", args, nargs, 18, a) < 0) return NULL;
     sdnq_svd_desc d = svd_desc_from(a);
-    sdnq_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = a[16] ? sdnq_svd_add(&d, (int32_t)a[17]) : sdnq_svd_add_ref(&d);
-    Py_END_ALLOW_THREADS
-    if (st != SDNQ_OK) return raise_status(module, "svd_add", st);
-    Py_RETURN_NONE;
+    CALL_NOGIL("svd_add", a[16] ? sdnq_svd_add(&d, (int32_t)a[17]) : sdnq_svd_add_ref(&d));
 }
 
 PyDoc_STRVAR(hadamard_doc, "hadamard(w, w_dtype, rows, cols, w_numel, h, kind, fast, nthreads)");
@@ -256,13 +230,9 @@ PyDoc_STRVAR(hadamard_doc, "hadamard(w, w_dtype, rows, cols, w_numel, h, kind, f
 static PyObject *hadamard(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[9];
     if (parse_i64("hadamard", args, nargs, 9, a) < 0) return NULL;
-    sdnq_status st;
-    Py_BEGIN_ALLOW_THREADS
-    st = a[7] ? sdnq_hadamard(PTR(a[0]), (int32_t)a[1], a[2], a[3], a[4], a[5], (int32_t)a[6], (int32_t)a[8])
-              : sdnq_hadamard_ref(PTR(a[0]), (int32_t)a[1], a[2], a[3], a[4], a[5], (int32_t)a[6]);
-    Py_END_ALLOW_THREADS
-    if (st != SDNQ_OK) return raise_status(module, "hadamard", st);
-    Py_RETURN_NONE;
+    CALL_NOGIL("hadamard", a[7] ? sdnq_hadamard(PTR(a[0]), (int32_t)a[1], a[2], a[3], a[4], a[5], (int32_t)a[6],
+                                                (int32_t)a[8])
+                                : sdnq_hadamard_ref(PTR(a[0]), (int32_t)a[1], a[2], a[3], a[4], a[5], (int32_t)a[6]));
 }
 
 PyDoc_STRVAR(hadamard_entry_doc, "hadamard_entry(h, kind, dtype, i, j) -> float");
