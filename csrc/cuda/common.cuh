@@ -161,24 +161,32 @@ template <int DT> __device__ __forceinline__ uint32_t bits16(float v) {
     else return sdnq_f32_to_f16(v);
 }
 
-/* sdnq's elementwise step (dequant.c scale_value): value * scale (+ zero
- * point: fused for fp32, else exact product then one add), rounded to SDT */
+/* sdnq's elementwise step (dequant.c scale_value) before its rounding: value * scale (+ zero
+ * point: fused for fp32, else exact product then one add) */
+template <int SDT> __device__ __forceinline__ float scale_unrounded(float v, float s, float z, bool asym) {
+    if (!asym) return __fmul_rn(v, s);
+    if constexpr (SDT == SDNQ_DT_F32) return __fmaf_rn(v, s, z);
+    else return __fadd_rn(__fmul_rn(v, s), z);
+}
+
+/* the elementwise step rounded to SDT */
 template <int SDT> __device__ __forceinline__ float scale_value(float v, float s, float z, bool asym) {
-    float r;
-    if (!asym) r = __fmul_rn(v, s);
-    else if constexpr (SDT == SDNQ_DT_F32) r = __fmaf_rn(v, s, z);
-    else r = __fadd_rn(__fmul_rn(v, s), z);
-    return round_to<SDT>(r);
+    return round_to<SDT>(scale_unrounded<SDT>(v, s, z, asym));
 }
 
 /* scale_value with the hardware's round-to-nearest-even conversions: the same
  * value for every non-NaN input (NaN payloads may differ) */
 template <int SDT> __device__ __forceinline__ float scale_value_hw(float v, float s, float z, bool asym) {
-    float r;
-    if (!asym) r = __fmul_rn(v, s);
-    else if constexpr (SDT == SDNQ_DT_F32) r = __fmaf_rn(v, s, z);
-    else r = __fadd_rn(__fmul_rn(v, s), z);
-    return round_to_hw<SDT>(r);
+    return round_to_hw<SDT>(scale_unrounded<SDT>(v, s, z, asym));
+}
+
+/* scale_value_hw for a value about to be stored (or packed) as ODT: the rounding to SDT is
+ * left to that conversion when SDT == ODT (rounding twice to one dtype is rounding once);
+ * ASYM is a template argument so that callers branch once per unit, not per code */
+template <int SDT, int ODT, bool ASYM> __device__ __forceinline__ float dq_value(float v, float s, float z) {
+    const float r = scale_unrounded<SDT>(v, s, z, ASYM);
+    if constexpr (SDT == ODT) return r;
+    else return round_to_hw<SDT>(r);
 }
 
 /* scale_value_hw with the scale dtype chosen at run time (uniform branches) */

@@ -211,17 +211,6 @@ template <int BITS> __device__ __forceinline__ void unpack_unit_words(const Unit
     }
 }
 
-/* scale_value_hw with the rounding to SDT left to the store when it rounds to the same
- * dtype (rounding twice to one dtype is rounding once) */
-template <int SDT, int ODT, bool ASYM> __device__ __forceinline__ float dq_value(float v, float s, float z) {
-    float r;
-    if constexpr (!ASYM) r = __fmul_rn(v, s);
-    else if constexpr (SDT == SDNQ_DT_F32) r = __fmaf_rn(v, s, z);
-    else r = __fadd_rn(__fmul_rn(v, s), z);
-    if constexpr (SDT == ODT) return r;
-    else return round_to_hw<SDT>(r);
-}
-
 /* units of 8 codes per thread per step */
 template <int BITS> struct grouped_geom {
     static constexpr int UNROLL = unit_geom<BITS>::bytes <= 4 ? 8 : 4;

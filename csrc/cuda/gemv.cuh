@@ -133,24 +133,12 @@ template <int XDT> __device__ __forceinline__ uint32_t pack2(float lo, float hi)
     return u;
 }
 
-/* dequant.cuh's value for one code, with hardware roundings (same results); the
- * rounding to the scale dtype is skipped where packing to XDT rounds the same way.
- * ASYM is a template argument: callers branch once per unit, not per code. */
-template <int SDT, int XDT, bool ASYM> __device__ __forceinline__ float deq_value(float v, float s, float z) {
-    float r;
-    if constexpr (!ASYM) r = __fmul_rn(v, s);
-    else if constexpr (SDT == SDNQ_DT_F32) r = __fmaf_rn(v, s, z);
-    else r = __fadd_rn(__fmul_rn(v, s), z);
-    if constexpr (SDT == XDT) return r;
-    else return round_to_hw<SDT>(r);
-}
-
 /* 8 values of one weight row -> 4 registers of XDT pairs */
 template <int SDT, int XDT, bool ASYM>
 __device__ __forceinline__ void deq_pack8(const float (&v)[UNIT], float s, float z, uint32_t (&p)[4]) {
 #pragma unroll
     for (int q = 0; q < 4; q++)
-        p[q] = pack2<XDT>(deq_value<SDT, XDT, ASYM>(v[2 * q], s, z), deq_value<SDT, XDT, ASYM>(v[2 * q + 1], s, z));
+        p[q] = pack2<XDT>(dq_value<SDT, XDT, ASYM>(v[2 * q], s, z), dq_value<SDT, XDT, ASYM>(v[2 * q + 1], s, z));
 }
 
 /* one XDT value (raw bits) -> fp32 */
