@@ -3,6 +3,17 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+# sdnq configurations the file tests round-trip (tests/test_files.py) and the fuzz corpus seeds
+FILE_CONFIGS = [
+    {"weights_dtype": "uint4", "use_svd": True, "svd_rank": 8},                       # the published default
+    {"weights_dtype": "int8", "group_size": -1, "dequantize_fp32": False},
+    {"weights_dtype": "float8_e4m3fn", "use_quantized_matmul": True},
+    {"weights_dtype": "int5", "use_hadamard": True, "hadamard_group_size": 64},
+    {"weights_dtype": "uint4", "use_codebook": True},
+    {"weights_dtype": "int6", "scale_dtype": "int8"},
+    {"weights_dtype": "float5_e2m2fn", "use_svd": True, "svd_rank": 8, "use_quantized_matmul": True},
+]
+
 
 class TinyNet(ModelMixin, ConfigMixin):
     """Linear, Conv2d and Embedding layers above sdnq's size minimums (numel >= 16384,

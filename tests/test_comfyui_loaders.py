@@ -38,15 +38,7 @@ def test_flux_diffusers_keys_through_load_diffusion_model(flux):
     assert fused.is_fused(dm.single_blocks[0].linear1.weight)        # + proj_mlp
     assert layout.is_sdnq(dm.double_blocks[0].img_mlp[0].weight)
     # model_size counts every byte that streams: codes, scales, zero-points, SVD factors
-    expected = 0
-    for k, v in model.model.state_dict().items():
-        if layout.is_sdnq(v):
-            expected += layout.compressed_nbytes(v)
-        elif fused.is_fused(v):
-            expected += fused.nbytes(v)
-        elif ".sdnq." not in k:
-            expected += v.nbytes
-    assert model.model_size() == expected
+    assert model.model_size() == cm.expected_model_size(model)
 
     reference = _load_unet("flux-dense.safetensors")
     original = _load_unet("flux-original.safetensors")

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 from helpers import assert_bits_equal
+from models import FILE_CONFIGS as CONFIGS
 from models import TinyNet, tiny_inputs, tiny_net
 
 import comfy_sdnq
@@ -17,15 +18,6 @@ from comfy_sdnq.errors import SdnqFormatError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CONFIGS = [
-    {"weights_dtype": "uint4", "use_svd": True, "svd_rank": 8},                       # the published default
-    {"weights_dtype": "int8", "group_size": -1, "dequantize_fp32": False},
-    {"weights_dtype": "float8_e4m3fn", "use_quantized_matmul": True},
-    {"weights_dtype": "int5", "use_hadamard": True, "hadamard_group_size": 64},
-    {"weights_dtype": "uint4", "use_codebook": True},
-    {"weights_dtype": "int6", "scale_dtype": "int8"},
-    {"weights_dtype": "float5_e2m2fn", "use_svd": True, "svd_rank": 8, "use_quantized_matmul": True},
-]
 
 
 def sdnq_model(cfg, seed=0):

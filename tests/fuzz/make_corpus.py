@@ -37,16 +37,10 @@ import torch  # noqa: E402
 
 import comfy_sdnq  # noqa: E402
 from comfy_sdnq import dtypes, kernels, layout  # noqa: E402
+from models import FILE_CONFIGS  # noqa: E402
 
 # the configurations tests/test_files.py round-trips, and a few more features
-CONFIGS = [
-    {"weights_dtype": "uint4", "use_svd": True, "svd_rank": 8},
-    {"weights_dtype": "int8", "group_size": -1, "dequantize_fp32": False},
-    {"weights_dtype": "float8_e4m3fn", "use_quantized_matmul": True},
-    {"weights_dtype": "int5", "use_hadamard": True, "hadamard_group_size": 64},
-    {"weights_dtype": "uint4", "use_codebook": True},
-    {"weights_dtype": "int6", "scale_dtype": "int8"},
-    {"weights_dtype": "float5_e2m2fn", "use_svd": True, "svd_rank": 8, "use_quantized_matmul": True},
+CONFIGS = FILE_CONFIGS + [
     {"weights_dtype": "int8", "group_size": -2},
     {"weights_dtype": "uint2", "dequantize_fp32": True},
     {"weights_dtype": "uint1"},
