@@ -148,7 +148,11 @@ def test_cli_convert_sigint(tmp_path):
     src = _dense(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
+    # a terminal's Ctrl-C: Python turns SIGINT into KeyboardInterrupt only where the process
+    # started with SIGINT at its default, and a shell runs background jobs with it ignored (as
+    # a CI runner may run pytest): the child sets Python's handler itself
     code = ("import os, signal, sys\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "from comfy_sdnq import converter, cli\n"
             "tick = converter._Converter._tick\n"
             "def _tick(self, key):\n"
