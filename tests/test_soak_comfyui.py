@@ -75,7 +75,8 @@ def test_soak_cpu(tmp_path):
     # 16 cycles swings by up to ~80 MiB without any memory in use (the 100-cycle runs in
     # benchmarks/results show it: no trend, flat once trimmed); trimmed, the bound is not flaky
     proc = subprocess.run([sys.executable, SOAK, "--tiny", "--device", "cpu", "--cycles", "16", "--base-cycle", "8",
-                           "--malloc-trim", "--out", str(out), "--workdir", str(tmp_path / "work"), "--timeout", "150"],
+                           "--bound-mib", "256", "--malloc-trim", "--out", str(out), "--workdir", str(tmp_path / "work"),
+                           "--timeout", "150"],
                           capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     log = f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     assert out.exists(), log
@@ -95,8 +96,12 @@ def test_soak_cpu(tmp_path):
     assert all(r["prev_loaded_during"] > 0 for r in rows[1:])
     assert all(r["pinned"] == 0 and r["pinned_entries"] == 0 for r in rows)  # ComfyUI pins nothing on the CPU
     assert chk["errors"] == 0 and set(chk["per_kind"]) == {"sdnq", "dense"}
+    # the leak check is the trimmed RSS (heap returned to the system after each cycle), held to a
+    # quarter of the 64 MiB; the untrimmed RSS of 16 cycles only has to stay within the
+    # script's bound, set to a gross 256 MiB (--bound-mib): it swings with glibc's arenas (one run:
+    # SDNQ cycles 1058-1163 MiB untrimmed, "growth" 82 MiB, while the trimmed RSS moved 0.1 MiB).
+    # The 64 MiB bound over 100 cycles is the benchmark's (docs/reliability.md).
     for kind, k in chk["per_kind"].items():
-        assert k["rss"]["growth"] < 64 * MiB, (kind, k["rss"], log)
         assert k["rss_trimmed"]["growth"] < 16 * MiB, (kind, k["rss_trimmed"], log)
         assert k["rss_file"]["growth"] < 8 * MiB, (kind, k["rss_file"])  # no model file left mapped
         assert k["pinned"]["returns"]
