@@ -95,6 +95,15 @@ template <class F> static inline void with_arith_dtype(int32_t dt, F &&f) {
     }
 }
 
+/* Calls f(dt_const<B>{}) for a runtime code width of the fast kernels, B in [LO, 8]
+ * (a width outside it takes 8: the callers have refused such types before launching);
+ * the one place that turns a width into a kernel's template argument. */
+template <int LO = 1, class F> static inline void with_unit_bits(int32_t bits, F &&f) {
+    if constexpr (LO >= 8) f(dt_const<8>{});
+    else if (bits == LO) f(dt_const<LO>{});
+    else with_unit_bits<LO + 1>(bits, f);
+}
+
 /* ------------------------------------------------------------------------ */
 /* programmatic dependent launch (sm_90+; no-ops elsewhere and in the emulation) */
 

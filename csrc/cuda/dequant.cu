@@ -20,19 +20,6 @@ template <int BITS> void launch_flat(const DequantArgs &a, cudaStream_t s) {
     });
 }
 
-void launch_flat_bits(int32_t bits, const DequantArgs &a, cudaStream_t s) {
-    switch (bits) {
-    case 1: launch_flat<1>(a, s); break;
-    case 2: launch_flat<2>(a, s); break;
-    case 3: launch_flat<3>(a, s); break;
-    case 4: launch_flat<4>(a, s); break;
-    case 5: launch_flat<5>(a, s); break;
-    case 6: launch_flat<6>(a, s); break;
-    case 7: launch_flat<7>(a, s); break;
-    default: launch_flat<8>(a, s); break;
-    }
-}
-
 template <int BITS> void launch_grouped(const DequantArgs &a, cudaStream_t s) {
     const int64_t work = (a.units + grouped_geom<BITS>::UNROLL - 1) / grouped_geom<BITS>::UNROLL;
     const unsigned grid = grid_for(work, FLAT_THREADS, (int64_t)device_sms() * FLAT_BLOCKS_PER_SM);
@@ -46,19 +33,6 @@ template <int BITS> void launch_grouped(const DequantArgs &a, cudaStream_t s) {
     });
 }
 
-void launch_grouped_bits(int32_t bits, const DequantArgs &a, cudaStream_t s) {
-    switch (bits) {
-    case 1: launch_grouped<1>(a, s); break;
-    case 2: launch_grouped<2>(a, s); break;
-    case 3: launch_grouped<3>(a, s); break;
-    case 4: launch_grouped<4>(a, s); break;
-    case 5: launch_grouped<5>(a, s); break;
-    case 6: launch_grouped<6>(a, s); break;
-    case 7: launch_grouped<7>(a, s); break;
-    default: launch_grouped<8>(a, s); break;
-    }
-}
-
 template <int BITS> void launch_svd(const SvdDequantArgs &a, dim3 grid, cudaStream_t s) {
     with_arith_dtype(a.d.sdt, [&](auto S) {
         constexpr int SDT = decltype(S)::value;
@@ -66,19 +40,6 @@ template <int BITS> void launch_svd(const SvdDequantArgs &a, dim3 grid, cudaStre
                                                     : &dequant_svd_kernel<BITS, SDNQ_DT_F16, SDT>;
         SDNQ_LAUNCH(kernel, grid, SVDQ_THREADS, s, a);
     });
-}
-
-void launch_svd_bits(int32_t bits, const SvdDequantArgs &a, dim3 grid, cudaStream_t s) {
-    switch (bits) {
-    case 1: launch_svd<1>(a, grid, s); break;
-    case 2: launch_svd<2>(a, grid, s); break;
-    case 3: launch_svd<3>(a, grid, s); break;
-    case 4: launch_svd<4>(a, grid, s); break;
-    case 5: launch_svd<5>(a, grid, s); break;
-    case 6: launch_svd<6>(a, grid, s); break;
-    case 7: launch_svd<7>(a, grid, s); break;
-    default: launch_svd<8>(a, grid, s); break;
-    }
 }
 
 /* output written in code order: offset(o, j, i) == (o*red + j)*inner + i */
@@ -144,9 +105,9 @@ sdnq_status dequant_launch(const sdnq_dequant_desc *d, DequantArgs &a, int64_t n
             /* every unit in one scale group: the grouped kernel (group of unit u = u / gunits) */
             a.gunits = (uint32_t)(d->red / UNIT);
             a.gmagic = a.gunits > 1 ? UINT64_MAX / a.gunits + 1 : 0;
-            launch_grouped_bits(t->bits, a, s);
+            with_unit_bits(t->bits, [&](auto B) { launch_grouped<decltype(B)::value>(a, s); });
         } else {
-            launch_flat_bits(t->bits, a, s);
+            with_unit_bits(t->bits, [&](auto B) { launch_flat<decltype(B)::value>(a, s); });
         }
         if ((st = launch_status()) != SDNQ_OK) return st;
         done = a.units * UNIT / t->block_elems;
@@ -214,6 +175,6 @@ extern "C" sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, cons
     int64_t blocks = (int64_t)device_sms() * SVDQ_BLOCKS_PER_SM;
     if (blocks > tiles) blocks = tiles;
     const dim3 grid((unsigned)blocks);
-    launch_svd_bits(a.t.bits, sa, grid, s);
+    with_unit_bits(a.t.bits, [&](auto B) { launch_svd<decltype(B)::value>(sa, grid, s); });
     return launch_status();
 }

@@ -265,14 +265,8 @@ extern "C" sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream) {
         if ((st = launch_lowrank(d, layout, a.splits, kc, s)) != SDNQ_OK) return st;
     }
     const unsigned grid = (unsigned)((d->N + GEMV_ROWS - 1) / GEMV_ROWS);
-    switch (a.t.bits) {
-    case 2: launch_bits<2>(a, d->x_dtype, d->scale_dtype, grid, s); break;
-    case 3: launch_bits<3>(a, d->x_dtype, d->scale_dtype, grid, s); break;
-    case 4: launch_bits<4>(a, d->x_dtype, d->scale_dtype, grid, s); break;
-    case 5: launch_bits<5>(a, d->x_dtype, d->scale_dtype, grid, s); break;
-    case 6: launch_bits<6>(a, d->x_dtype, d->scale_dtype, grid, s); break;
-    case 7: launch_bits<7>(a, d->x_dtype, d->scale_dtype, grid, s); break;
-    default: launch_bits<8>(a, d->x_dtype, d->scale_dtype, grid, s); break;
-    }
+    /* prepare() refused widths outside 2..8 */
+    with_unit_bits<2>(a.t.bits,
+                      [&](auto B) { launch_bits<decltype(B)::value>(a, d->x_dtype, d->scale_dtype, grid, s); });
     return launch_status();
 }
