@@ -323,7 +323,7 @@ def cuda_ready(*tensors: torch.Tensor) -> bool:
 
 
 GEMV_MAX_M = 16  # _C_cuda.GEMV_MAX_M
-GEMV_LOWRANK_SPLITS = 64  # _C_cuda.GEMV_LOWRANK_SPLITS: scratch for the SVD branch's partial sums
+GEMV_LOWRANK_SPLITS = 128  # _C_cuda.GEMV_LOWRANK_SPLITS: scratch for the SVD branch's partial sums
 
 
 _NO_SVD = (0,) * 13

@@ -278,15 +278,19 @@ def finite_codes(t, raw):
 
 
 def gemv_bound(x, w, y_ref):
-    """|y_gemv - y| for y = x @ w^T exact: the kernel multiplies the very bf16/fp16 values (products
-    exact in fp32) and sums K terms in fp32 in some order: |error| <= gamma_K * sum|x||w| with
-    gamma_K ~ K * 2^-24 for round-to-nearest; the tensor cores' fp32 accumulation is not
-    guaranteed to round to nearest, so allow K * 2^-22. Then one rounding to bf16/fp16: at
-    most 2^-8 |y| (bf16; 2^-11 for fp16), doubled for the reference's own rounding."""
+    """|y_gemv - y| for y = x @ w^T exact, w the dequantized weight in x's dtype. Exact mode: the
+    kernel multiplies the very bf16/fp16 values (products exact in fp32) and sums K terms in
+    fp32 in some order: |error| <= gamma_K * sum|x||w| with gamma_K ~ K * 2^-24 for
+    round-to-nearest; the tensor cores' fp32 accumulation is not guaranteed to round to
+    nearest, so allow K * 2^-22. Factored mode (groups of whole 128-k chunks): it multiplies
+    the code values and scales each chunk's sum, so its weights are value * scale (+ zero
+    point) unrounded where w is rounded to x's dtype: at most half an ulp of each weight,
+    2^-9 |w| (bf16; 2^-12 for fp16), allowed twice. Then one rounding of y to bf16/fp16: at
+    most 2^-8 |y| (2^-11), doubled for the reference's own rounding."""
     K = x.shape[1]
     mag = x.double().abs() @ w.double().abs().t()
     eps = 2.0**-8 if x.dtype == BF16 else 2.0**-11
-    return 2 * eps * y_ref.abs() + K * 2.0**-22 * mag + 1e-30
+    return 2 * eps * y_ref.abs() + (K * 2.0**-22 + eps) * mag + 1e-30
 
 
 @pytest.mark.parametrize("name", GEMV_TYPES)
@@ -295,7 +299,7 @@ def test_gemv(name, M):
     t = dtypes.get(name)
     gen = torch.Generator().manual_seed(M * 100 + t.id)
     cases = [(64, 256, 256, BF16, F32), (100, 384, 32, F16, BF16), (48, 4128, 4128, BF16, BF16),
-             (24, 512, 128, BF16, F16), (40, 96, -2, F16, F32)]
+             (24, 512, 128, BF16, F16), (40, 96, -2, F16, F32), (40, 640, 64, F16, F16)]
     for n_out, k_in, group, xdt, sdt in cases:
         red = n_out * k_in if group == -2 else group
         view = (n_out * k_in // red, red, 1)
@@ -314,6 +318,34 @@ def test_gemv(name, M):
         assert bool((err <= bound).all()), f"{name} M={M} {view}: max err {err.max().item()} ({xdt}, scale {sdt})"
 
 
+@pytest.mark.parametrize("name", ["uint4", "int8", "float8_e4m3fn"])
+@pytest.mark.parametrize("M", [1, 9])
+def test_gemv_many_tiles(name, M):
+    """more 16-row tiles than the GPU runs blocks at once (2 per multiprocessor): each persistent
+    block walks several tiles, its loads running ahead across tile boundaries, with the SVD
+    branch and bias at every tile's end"""
+    n_out = 16 * 2 * torch.cuda.get_device_properties(0).multi_processor_count * 2 + 24 if DEV == "cuda" else 200
+    t = dtypes.get(name)
+    gen = torch.Generator().manual_seed(M * 13 + t.id)
+    k_in, group, rank = 384, 128, 16
+    view = (n_out * k_in // group, group, 1)
+    raw = to_dev(finite_codes(t, random_codes(t, n_out * k_in, gen)))
+    scale, zp = random_side(t, view, F32, gen)
+    scale, zp = scale.to(DEV), None if zp is None else zp.to(DEV)
+    up = (torch.randn(rank, n_out, generator=gen) * 0.1).to(BF16).to(DEV).t()
+    down = (torch.randn(k_in, rank, generator=gen) * 0.1).to(BF16).to(DEV).t()
+    x = torch.randn(M, k_in, generator=gen).to(BF16).to(DEV)
+    bias = (torch.randn(n_out, generator=gen) * 0.1).to(BF16).to(DEV)
+    y = kernels.gemv(t, raw, scale, zp, view, x, bias, n_out, up, down)
+    assert y is not None
+    w = kernels.dequantize(t, raw, scale, zp, view, (n_out, k_in), BF16, impl="fast")
+    y64 = x.double() @ w.double().t() + bias.double() + (x.double() @ down.double().t()) @ up.double().t()
+    lowmag = (x.double().abs() @ down.double().abs().t()) @ up.double().abs().t()
+    bound = gemv_bound(x, w, y64) + ((k_in + rank) * 2.0**-22 + 2.0**-8) * lowmag
+    err = (y.double() - y64).abs()
+    assert bool((err <= bound).all()), f"{name} M={M} N={n_out}: max err {err.max().item()}"
+
+
 @pytest.mark.parametrize("name", ["uint4", "int8", "int5", "float8_e4m3fn"])
 @pytest.mark.parametrize("M", [1, 5, 9, 16])
 @pytest.mark.parametrize("strided", [False, True])
@@ -325,7 +357,9 @@ def test_gemv_svd(name, M, strided, n_out, k_in, group, rank):
     gen = torch.Generator().manual_seed(M * 7 + t.id)
     view = (n_out * k_in // group, group, 1)
     raw = to_dev(finite_codes(t, random_codes(t, n_out * k_in, gen)))
-    scale, zp = random_side(t, view, F32, gen)
+    # bf16 scales with the strided factors (as sdnq stores them): for 4-bit integer codes the
+    # kernel's packed bf16 decode; f32 scales the per-value path
+    scale, zp = random_side(t, view, BF16 if strided else F32, gen)
     scale, zp = scale.to(DEV), None if zp is None else zp.to(DEV)
     if strided:  # sdnq's quantized-matmul storage: up [r, N], down [K, r], used transposed
         up = (torch.randn(rank, n_out, generator=gen) * 0.1).to(BF16).to(DEV).t()
@@ -341,7 +375,10 @@ def test_gemv_svd(name, M, strided, n_out, k_in, group, rank):
     low = x.double() @ down.double().t()
     y64 = x.double() @ w.double().t() + bias.double() + low @ up.double().t()
     lowmag = (x.double().abs() @ down.double().abs().t()) @ up.double().abs().t()
-    bound = gemv_bound(x, w, y64) + (k_in + rank) * 2.0**-22 * lowmag
+    # the low-rank product t = x @ down^T is rounded to x's dtype before its MMA with up (as
+    # sdnq's own path rounds it): half an ulp of each t, allowed twice (the eps of gemv_bound)
+    eps = 2.0**-8 if x.dtype == BF16 else 2.0**-11
+    bound = gemv_bound(x, w, y64) + ((k_in + rank) * 2.0**-22 + eps) * lowmag
     err = (y.double() - y64).abs()
     assert bool((err <= bound).all()), f"{name} M={M}: max err {err.max().item()}"
 

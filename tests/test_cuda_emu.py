@@ -165,8 +165,8 @@ def test_emu_hadamard(emu, h, h4):
     T.test_hadamard(T.BF16, h, h4)
 
 
-@pytest.mark.parametrize("name", ["uint4", "int8", "int5", "float8_e4m3fn", "float4_e2m1fn", "uint2", "int3",
-                                  "uint7", "int6"])
+@pytest.mark.parametrize("name", ["uint4", "int4", "int8", "int5", "float8_e4m3fn", "float4_e2m1fn", "uint2",
+                                  "int3", "uint7", "int6"])
 @pytest.mark.parametrize("M", [1, 3, 16])
 def test_emu_gemv(emu, name, M):
     T.test_gemv(name, M)

@@ -331,6 +331,39 @@ __device__ __forceinline__ void build_lut(float *lut, sdnq_type_traits t, int32_
 }
 
 /* ------------------------------------------------------------------------ */
+/* packed 16-bit arithmetic: two DT (BF16 or F16) values in one register, lo  */
+/* first, as raw bits; rounded once to nearest even                           */
+
+template <int DT> __device__ __forceinline__ uint32_t h2_sub(uint32_t a, uint32_t b) {
+#ifdef SDNQ_CUDA_EMU
+    return sdnq_emu::h2_sub(a, b, DT == SDNQ_DT_BF16);
+#else
+    uint32_t r;
+    if constexpr (DT == SDNQ_DT_BF16) {
+        __nv_bfloat162 x, y, z;
+        memcpy(&x, &a, 4), memcpy(&y, &b, 4);
+        z = __hsub2(x, y);
+        memcpy(&r, &z, 4);
+    } else {
+        __half2 x, y, z;
+        memcpy(&x, &a, 4), memcpy(&y, &b, 4);
+        z = __hsub2(x, y);
+        memcpy(&r, &z, 4);
+    }
+    return r;
+#endif
+}
+
+/* a hint: bring the line holding p into L1 (no register, no wait; a no-op in the emulation) */
+__device__ __forceinline__ void prefetch_l1(const void *p) {
+#ifndef SDNQ_CUDA_EMU
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+#else
+    (void)p;
+#endif
+}
+
+/* ------------------------------------------------------------------------ */
 /* tensor cores                                                              */
 
 /* D += A * B, m16n8k16, fp32 accumulators (warp-collective: every lane executes it) */

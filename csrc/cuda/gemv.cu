@@ -25,7 +25,8 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
     if (d->x_dtype != SDNQ_DT_BF16 && d->x_dtype != SDNQ_DT_F16) return SDNQ_ERR_DTYPE;
     if (!sdnq_is_arith_dtype(d->scale_dtype)) return SDNQ_ERR_DTYPE;
     if (d->M < 1 || d->M > SDNQ_GEMV_MAX_M || d->N < 0 || d->K < 1 || d->red < 1) return SDNQ_ERR_SIZE;
-    if (d->K % GEMV_CODES != 0 || d->K > INT32_MAX || d->N > INT32_MAX) return SDNQ_ERR_UNSUPPORTED;
+    if (d->K % GEMV_CODES != 0 || d->K > INT32_MAX - GEMV_CHUNK || d->N > INT32_MAX - GEMV_ROWS)
+        return SDNQ_ERR_UNSUPPORTED;
     const int64_t n = sdnq_mul64(d->N, d->K);
     if (n < 0) return SDNQ_ERR_OVERFLOW;
     if (d->N == 0) return SDNQ_OK;
@@ -113,6 +114,8 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
         a->K = (int32_t)d->K;
         a->gk = (int32_t)gk;
         a->gpr = (int32_t)gpr;
+        a->gmagic = UINT64_MAX / (uint64_t)gk + 1; /* ceil(2^64 / gk), gk >= 32 */
+        a->rowb = d->K * t->bits / 8;
         a->ss = d->scale_stride;
         a->zs = asym ? d->zp_stride : 0;
         a->asym = asym;
@@ -124,8 +127,13 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
             a->xor8 = 0x80808080u;
             a->magic_sub = 8388608.0f + 128.0f;
         }
+        { /* the packed decode's offset pair: magic base (bf16 128, f16 1024) minus the type's min */
+            const bool bf = d->x_dtype == SDNQ_DT_BF16;
+            const float off = (bf ? 128.0f : 1024.0f) - (float)t->min;
+            const uint32_t h = bf ? sdnq_f32_to_bf16(off) : sdnq_f32_to_f16(off);
+            a->off2 = h | (h << 16);
+        }
         a->rank = (int32_t)d->rank;
-        a->splits = 1;
         a->lowrank = d->lowrank;
         a->up = d->up;
         a->up_dtype = d->up_dtype;
@@ -143,7 +151,7 @@ bool int_decode(const sdnq_type_traits *t) {
 }
 
 /* kernel<<<grid, GEMV_THREADS, 0, s>>>(a), as a programmatic dependent launch of the stream's
- * previous kernel when pdl (sm_90+: the SVD branch's low-rank kernel) */
+ * previous kernel when pdl (sm_90+: the SVD branch's low-rank kernels) */
 template <class Kernel> void launch_maybe_pdl(Kernel kernel, unsigned grid, cudaStream_t s, const GemvArgs &a, bool pdl) {
 #ifdef SDNQ_CUDA_EMU
     (void)pdl;
@@ -170,27 +178,51 @@ template <class Kernel> void launch_maybe_pdl(Kernel kernel, unsigned grid, cuda
 #endif
 }
 
-template <int BITS, int NT, int DEC>
+template <int BITS, int NT, int DEC, bool FACT>
 void launch_gemv(const GemvArgs &a, int32_t xdt, int32_t sdt, unsigned grid, cudaStream_t s) {
     const bool pdl = a.rank > 0 && device_cc_major() >= 9;
     with_arith_dtype(sdt, [&](auto S) {
-        const auto kernel = xdt == SDNQ_DT_BF16 ? &gemv_kernel<BITS, SDNQ_DT_BF16, decltype(S)::value, NT, DEC>
-                                                : &gemv_kernel<BITS, SDNQ_DT_F16, decltype(S)::value, NT, DEC>;
+        const auto kernel = xdt == SDNQ_DT_BF16 ? &gemv_kernel<BITS, SDNQ_DT_BF16, decltype(S)::value, NT, DEC, FACT>
+                                                : &gemv_kernel<BITS, SDNQ_DT_F16, decltype(S)::value, NT, DEC, FACT>;
         launch_maybe_pdl(kernel, grid, s, a, pdl);
     });
 }
 
-template <int BITS> void launch_bits(const GemvArgs &a, int32_t xdt, int32_t sdt, unsigned grid, cudaStream_t s) {
+template <int BITS, int DEC>
+void launch_dec(const GemvArgs &a, int32_t xdt, int32_t sdt, bool fact, unsigned grid, cudaStream_t s) {
     const bool two = a.M > 8;
+    if (fact) {
+        if (two) launch_gemv<BITS, 2, DEC, true>(a, xdt, sdt, grid, s);
+        else launch_gemv<BITS, 1, DEC, true>(a, xdt, sdt, grid, s);
+    } else {
+        if (two) launch_gemv<BITS, 2, DEC, false>(a, xdt, sdt, grid, s);
+        else launch_gemv<BITS, 1, DEC, false>(a, xdt, sdt, grid, s);
+    }
+}
+
+template <int BITS>
+void launch_bits(const GemvArgs &a, int32_t xdt, int32_t sdt, bool fact, unsigned grid, cudaStream_t s) {
     if constexpr (BITS == 4 || BITS == 8) {
         if (int_decode(&a.t)) {
-            if (two) launch_gemv<BITS, 2, DEC_INT>(a, xdt, sdt, grid, s);
-            else launch_gemv<BITS, 1, DEC_INT>(a, xdt, sdt, grid, s);
+            launch_dec<BITS, DEC_INT>(a, xdt, sdt, fact, grid, s);
             return;
         }
     }
-    if (two) launch_gemv<BITS, 2, DEC_LUT>(a, xdt, sdt, grid, s);
-    else launch_gemv<BITS, 1, DEC_LUT>(a, xdt, sdt, grid, s);
+    launch_dec<BITS, DEC_LUT>(a, xdt, sdt, fact, grid, s);
+}
+
+/* the factored scales apply (gemv.cuh): every chunk of 128 k's lies in one scale group
+ * (tensor-wise, row-wise, or groups of a multiple of 128) and every code's value (as the
+ * dequantizer computes it, in the scale dtype) is exact in x's dtype (NaN codes aside) */
+bool factored(const sdnq_type_traits *t, const GemvArgs &a, int32_t xdt, int32_t sdt) {
+    if (!(a.gpr == 0 || a.gk == a.K || a.gk % GEMV_CHUNK == 0)) return false;
+    for (uint32_t c = 0; c < (1u << t->bits); c++) {
+        const float v = sdnq_weight_value(t, c, sdt);
+        if (v != v) continue;
+        const float r = xdt == SDNQ_DT_BF16 ? sdnq_bf16_to_f32(sdnq_f32_to_bf16(v)) : sdnq_f16_to_f32(sdnq_f32_to_f16(v));
+        if (r != v) return false;
+    }
+    return true;
 }
 
 /* the low-rank kernel's layout: 1 = down rows contiguous along k, 2 = down contiguous along
@@ -203,16 +235,13 @@ int lowrank_layout(const sdnq_gemv_desc *d) {
 }
 
 /* k-range splits of the low-rank product: ranges of whole steps of the kernel (enough blocks
- * to read down at full speed), at most LR_SPLITS_MAX, what the scratch holds and 8192 partial
- * sums in all (the GEMV's epilogue adds them up, in parallel, after its main loop) */
-constexpr int LR_SPLITS_MAX = 64;
-int lowrank_splits(const sdnq_gemv_desc *d, int layout, int32_t *kc) {
+ * to read down at full speed), at most LR_SPLITS_MAX and what the scratch holds besides t */
+constexpr int LR_SPLITS_MAX = SDNQ_GEMV_LOWRANK_SPLITS;
+int lowrank_splits(const sdnq_gemv_desc *d, int layout, int64_t fit, int32_t *kc) {
     const int64_t step = layout == 2 ? (int64_t)LR_TSTEP * 4 : LR_KSTEP; /* 4 loads per thread */
     const int64_t steps = (d->K + step - 1) / step;
     int64_t want = steps < LR_SPLITS_MAX ? steps : LR_SPLITS_MAX;
-    const int64_t fit = d->lowrank_numel / (d->M * d->rank), cap = 8192 / (d->M * d->rank);
     if (want > fit) want = fit;
-    if (want > cap) want = cap;
     if (want > 65535) want = 65535;
     if (want < 1) want = 1;
     const int64_t per = (steps + want - 1) / want; /* steps per split */
@@ -220,7 +249,7 @@ int lowrank_splits(const sdnq_gemv_desc *d, int layout, int32_t *kc) {
     return (int)((steps + per - 1) / per);
 }
 
-sdnq_status launch_lowrank(const sdnq_gemv_desc *d, int layout, int splits, int32_t kc, cudaStream_t s) {
+sdnq_status launch_lowrank(const sdnq_gemv_desc *d, int layout, int splits, int32_t kc, float *out, cudaStream_t s) {
     LowrankArgs l;
     l.kc = kc;
     l.x = d->x;
@@ -234,7 +263,7 @@ sdnq_status launch_lowrank(const sdnq_gemv_desc *d, int layout, int splits, int3
     l.ds1 = d->down_stride[1];
     l.vec = layout == 1;
     l.tvec = layout == 2;
-    l.t = d->lowrank;
+    l.t = out;
     const unsigned groups = (unsigned)((d->M + LR_TOKENS - 1) / LR_TOKENS);
     const bool bf = d->x_dtype == SDNQ_DT_BF16;
     if (layout == 2) {
@@ -249,6 +278,30 @@ sdnq_status launch_lowrank(const sdnq_gemv_desc *d, int layout, int splits, int3
     return launch_status();
 }
 
+/* t = the splits' sum, as a programmatic dependent launch of the low-rank kernel (sm_90+) */
+sdnq_status launch_reduce(const float *part, float *t, int64_t pairs, int splits, cudaStream_t s) {
+    const unsigned grid = grid_for(pairs * LR_REDUCE_LANES, LR_REDUCE_THREADS);
+    const int32_t p32 = (int32_t)pairs;
+#ifndef SDNQ_CUDA_EMU
+    if (device_cc_major() >= 9) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(grid);
+        cfg.blockDim = dim3(LR_REDUCE_THREADS);
+        cfg.stream = s;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        if (cudaLaunchKernelEx(&cfg, lowrank_reduce_kernel, part, t, p32, (int32_t)splits) == cudaSuccess)
+            return launch_status();
+        (void)cudaGetLastError();
+    }
+#endif
+    SDNQ_LAUNCH(lowrank_reduce_kernel, grid, LR_REDUCE_THREADS, s, part, t, p32, (int32_t)splits);
+    return launch_status();
+}
+
 }  // namespace
 
 extern "C" sdnq_status sdnq_cuda_gemv_supported(const sdnq_gemv_desc *d) { return prepare(d, NULL); }
@@ -258,15 +311,21 @@ extern "C" sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream) {
     sdnq_status st = prepare(d, &a);
     if (st != SDNQ_OK || d->N == 0) return st;
     cudaStream_t s = as_stream(stream);
-    if (d->rank > 0) {
+    if (d->rank > 0) { /* t = x @ down^T into lowrank[0, M*rank): split partial sums after it, then reduced */
         int32_t kc;
         const int layout = lowrank_layout(d);
-        a.splits = lowrank_splits(d, layout, &kc);
-        if ((st = launch_lowrank(d, layout, a.splits, kc, s)) != SDNQ_OK) return st;
+        const int64_t pairs = d->M * d->rank;
+        const int splits = lowrank_splits(d, layout, d->lowrank_numel / pairs - 1, &kc);
+        float *part = splits > 1 ? d->lowrank + pairs : d->lowrank;
+        if ((st = launch_lowrank(d, layout, splits, kc, part, s)) != SDNQ_OK) return st;
+        if (splits > 1 && (st = launch_reduce(part, d->lowrank, pairs, splits, s)) != SDNQ_OK) return st;
     }
-    const unsigned grid = (unsigned)((d->N + GEMV_ROWS - 1) / GEMV_ROWS);
+    /* persistent blocks (gemv.cuh): at most the two per multiprocessor that run at once */
+    const unsigned grid = grid_for(d->N, GEMV_ROWS, 2 * (int64_t)device_sms());
     /* prepare() refused widths outside 2..8 */
-    with_unit_bits<2>(a.t.bits,
-                      [&](auto B) { launch_bits<decltype(B)::value>(a, d->x_dtype, d->scale_dtype, grid, s); });
+    const bool fact = factored(&a.t, a, d->x_dtype, d->scale_dtype);
+    with_unit_bits<2>(a.t.bits, [&](auto B) {
+        launch_bits<decltype(B)::value>(a, d->x_dtype, d->scale_dtype, fact, grid, s);
+    });
     return launch_status();
 }

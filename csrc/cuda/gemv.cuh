@@ -17,39 +17,51 @@
  *   values of token g (+8). MMA j (0..7) gives the thread's fragment slots
  *   {2t, 2t+1} the k's kc + 32t + 4j + {0, 1} and slots {2t+8, 2t+9} the k's
  *   kc + 32t + 4j + {2, 3}, in A (dequantized W pairs) and in B (x pairs,
- *   already bf16/fp16 in memory).
+ *   already bf16/fp16 in memory). The packed 4-bit decode pairs the k's +0/+4,
+ *   +1/+5, +2/+6, +3/+7 of each unit of 8 instead; x's pairs are regrouped to
+ *   match at load.
  *
- * Dequantization is dequant.cuh's arithmetic: code -> value, * scale (+ zero
- * point), rounded to the scale dtype, then to x's dtype - the bits
- * sdnq_cuda_dequantize writes for out dtype = x dtype (NaN payloads aside:
- * hardware conversions, same rounding). The value of a code comes from a
- * shared lookup table (sdnq_weight_value), except for 4- and 8-bit integer
- * types (int4, uint4, int8, uint8), decoded with the float "magic number":
- * the byte (or nibble) is placed into the mantissa of 2^23 with one byte
- * permute and 2^23 (minus the type's offset) subtracted, exact for these small
- * integers and free of shared-memory traffic. So the only difference from
- * F.linear(x, W_dequantized) is the fp32 summation order.
+ * Scales: two modes (gemv_compute_t). Factored, wherever every 128-k chunk lies
+ * in one scale group (tensor-wise, row-wise, groups of a multiple of 128: the
+ * published uint4+SVD g128, 8-bit row-wise, 5/6-bit g128/g256) and every code's
+ * value is exact in x's dtype: the MMAs take the code values themselves and each
+ * chunk's sums are scaled once, y += s * sum(x * v) (+ z * sum(x), from an MMA
+ * with an all-ones A) - per weight a decode and no arithmetic. Its weights are
+ * value * scale (+ zero point) unrounded, where F.linear(x, dequantize(W))
+ * multiplies them rounded to x's dtype: y differs by that rounding (at most half
+ * an ulp of each weight) and the summation order. Exact, for the other layouts:
+ * each weight is dequantized to dequant.cuh's value in x's dtype (value * scale
+ * (+ zero point), rounded as sdnq rounds) and multiplied; y differs from
+ * F.linear(x, W_dequantized) only by the fp32 summation order. Code values come
+ * from a shared lookup table (sdnq_weight_value), except for 4- and 8-bit
+ * integer types (int4, uint4, int8, uint8): 8-bit codes through the float "magic
+ * number" (the byte placed into the mantissa of 2^23 with one byte permute, 2^23
+ * minus the type's offset subtracted), 4-bit codes in the factored mode two per
+ * instruction (deq_packed4).
  *
- * Memory pipeline. A CUDA block (8 warps) owns 16 weight rows; warp w takes
- * the K-chunks w, w+8, ...; the codes (and scales) of STAGES chunks (for M <= 8:
- * 5 for <= 4 bits, 4 for 5-6 bits, 3 for 7-8 bits; 3 for M > 8) are in flight per warp: a chunk's
- * registers are refilled with the chunk STAGES*8 further on as soon as it has
- * been multiplied. For M <= 8 the x
- * fragment of the next chunk is loaded one chunk ahead as well (x is small and
- * mostly hits L2). The 8 warps' partial tiles are summed in shared memory in
- * warp order (deterministic); bias and the SVD branch are added in fp32 and y is
- * rounded once. Invalid rows (n >= N), tokens (m >= M) and k's (past K)
- * contribute zeros: every lane runs every mma.sync, which is warp-collective.
+ * Work and pipeline. Persistent blocks of 8 warps (at most two per
+ * multiprocessor, those that run at once) take 16-row tiles b, b + gridDim.x,
+ * ...; warp w takes the chunks w, w+8, ... of each tile, one sequence of items
+ * across its block's tiles, with the codes (and scales) of STAGES items in
+ * flight (gemv_stages: 4 for <= 4 bits, 3 for 5-6 bits, 2 for 7-8 bits, 3 for
+ * M > 8; one fewer in the factored mode), so the next tile's first loads
+ * overlap the end of this one. For M <= 8 the x fragment of the next item is
+ * loaded one ahead as well (x is small and mostly hits L2). At a tile's end the
+ * warps' partial sums meet in shared memory (deterministic warp order), and warp
+ * nt < NT adds the bias and the SVD branch in fp32 and rounds y once. Invalid
+ * rows (n >= N), tokens (m >= M) and k's (past K) contribute zeros: every lane
+ * runs every mma.sync, which is warp-collective.
  *
- * SVD branch. lowrank_kernel first computes t = x @ down^T in fp32 as partial
- * sums over a few k ranges (one block per rank index, k range and group of 4
- * tokens, so that a rank of 32 still fills the GPU; deterministic block
- * reductions); the GEMV's epilogue sums the ranges in order and adds
- * sum_j t[m, j] * up[n, j] before the rounding. The launcher runs both on the
- * caller's stream, in that order; on sm_90+ the GEMV is a programmatic dependent
- * launch (PDL): it starts as soon as every low-rank block runs, streams its weight
- * meanwhile, and waits for the low-rank results (griddepcontrol.wait) only in its
- * epilogue, so the small kernel and the launch gap hide behind the weight stream.
+ * SVD branch. lowrank_kernel (lowrank_t_kernel for sdnq's column-major factor)
+ * first computes t = x @ down^T in fp32 as partial sums over up to 128 k ranges
+ * (blocks per rank group, k range and group of 4 tokens, so a rank of 32 still
+ * fills the GPU), lowrank_reduce_kernel sums the ranges in order into t once,
+ * and each GEMV tile adds t @ up^T on the tensor cores (t rounded to x's dtype,
+ * as sdnq's own path rounds it; up rows asked of L1 a tile ahead). The launcher
+ * runs them on the caller's stream, in that order; on sm_90+ each is a
+ * programmatic dependent launch (PDL) of the one before: the GEMV streams its
+ * weight while they run and waits for t (griddepcontrol.wait) only at its first
+ * tile's end.
  *
  * Assumes (checked by the launcher, else the caller falls back to dequantize +
  * GEMM): 2 <= bits <= 8 (packed or 8-bit native), K % 32 == 0, quantization
@@ -68,11 +80,11 @@ constexpr int GEMV_THREADS = 32 * GEMV_WARPS;
 constexpr int GEMV_ROWS = 16;                    /* weight rows per block (one m16 tile) */
 constexpr int GEMV_CODES = 32;                   /* consecutive k's per thread per chunk */
 constexpr int GEMV_CHUNK = 4 * GEMV_CODES;       /* k's per warp per chunk               */
-/* chunks of codes in flight per warp: deeper for narrow codes (fewer registers per chunk, fewer
- * bytes per chunk), 3 for 7- and 8-bit codes (two 8-warp blocks per multiprocessor at 128
- * registers) */
+/* chunks of codes in flight per warp (the persistent loop keeps them in flight across tiles):
+ * deeper for narrow codes (fewer registers and bytes per chunk), 2 for 7- and 8-bit codes (two
+ * 8-warp blocks per multiprocessor at 128 registers, no spills) */
 template <int BITS, int NT> struct gemv_stages {
-    static constexpr int value = NT == 2 ? 3 : BITS <= 4 ? 5 : BITS <= 6 ? 4 : 3;
+    static constexpr int value = BITS > 6 ? 2 : NT == 2 ? 3 : BITS <= 4 ? 4 : 3;
 };
 
 constexpr int LR_THREADS = 128;                  /* low-rank pre-kernel                  */
@@ -80,7 +92,6 @@ constexpr int LR_TOKENS = 4;                     /* tokens per low-rank block   
 constexpr int LR_KSTEP = 8 * LR_THREADS;         /* k's per block per step (one 16-byte load each) */
 constexpr int LR_TSTEP = LR_THREADS / 4;         /* rank-contiguous down: k's per block per step */
 constexpr int LR_TRANKS = 32;                    /* rank-contiguous down: ranks per block (4 x 8) */
-constexpr int GEMV_RC = 64;                      /* ranks per epilogue pass (staged in shared memory) */
 
 /* how a code becomes its value */
 enum GemvDecode { DEC_LUT = 0, DEC_INT = 1 };
@@ -93,13 +104,17 @@ struct GemvArgs {
     int32_t M, N, K;
     int32_t gk;   /* group length along k (divides K, multiple of 32)              */
     int32_t gpr;  /* groups per weight row: K / gk, or 0 for one tensor-wise group */
+    uint64_t gmagic; /* ceil(2^64 / gk): the group of k is __umul64hi(k, gmagic)  */
+    int64_t rowb; /* bytes of codes per weight row: K * bits / 8                   */
     int64_t ss, zs;
     int32_t asym;
     /* DEC_INT: value = float(2^23 + (byte ^ xor8)) - magic_sub */
     uint32_t xor8;
     float magic_sub;
-    /* SVD epilogue: y[m, n] += sum_j (sum_s lowrank[(s*M + m)*rank + j]) * up[n*us0 + j*us1] */
-    int32_t rank, splits;
+    /* the packed decode (deq_packed4): the pair (m - min, m - min) in x's dtype, m its magic base */
+    uint32_t off2;
+    /* SVD epilogue: y[m, n] += sum_j lowrank[m*rank + j] * up[n*us0 + j*us1] */
+    int32_t rank;
     const float *lowrank;
     const void *up;
     int32_t up_dtype;
@@ -117,7 +132,7 @@ struct LowrankArgs {
     int32_t vec;    /* down rows contiguous along k, 16-byte aligned, in x's dtype          */
     int32_t tvec;   /* down contiguous along the rank (sdnq's column-major factor), 16-byte
                        aligned, rank % 8 == 0, in x's dtype: lowrank_t_kernel            */
-    float *t;    /* [splits, M, rank]: partial sums over each split's k range */
+    float *t;    /* [splits, M, rank]: partial sums over each split's k range (t itself when one) */
 };
 
 /* two fp32 values -> one register of two XDT halves, lo first (RNE) */
@@ -199,16 +214,29 @@ __device__ __forceinline__ int64_t chunk_k(int64_t chunk, int t) { return chunk 
 template <int BITS, int SDT>
 __device__ __forceinline__ void gemv_load_stage(const GemvArgs &a, int64_t chunk, int64_t nchunks, int n0, int g,
                                                 int t, GemvStage<BITS> &st) {
-    const int64_t kb = chunk_k(chunk, t);
-    const bool kv = chunk < nchunks && kb < a.K;
+    /* 32-bit k arithmetic (the launcher keeps K + GEMV_CHUNK below 2^31); the group of k from a
+     * multiply-high by ceil(2^64 / gk) (exact for every k < 2^32) instead of a division */
+    const int kb = (int)chunk * GEMV_CHUNK + t * GEMV_CODES;
+    const bool cv = chunk < nchunks, kv = cv && kb < a.K;
+    const int kg = kv ? kb : (int)chunk * GEMV_CHUNK;
+    const int64_t gi = cv ? (int64_t)__umul64hi((unsigned long long)(uint32_t)kg, a.gmagic) : 0;
+    const int n = n0 + g;
+    const uint8_t *row = (const uint8_t *)a.codes + (int64_t)n * a.rowb + (kb >> 3) * BITS;
+    const int64_t grp = (int64_t)n * a.gpr + gi;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        const int n = n0 + g + 8 * h;
-        if (kv && n < a.N) {
-            load_codes32<BITS>((const uint8_t *)a.codes + ((int64_t)n * a.K + kb) * BITS / 8, st.w[h]);
-            const int64_t grp = (int64_t)n * a.gpr + (uint32_t)kb / (uint32_t)a.gk;
-            st.s[h] = ld_float<SDT>(a.scale, grp * a.ss);
-            st.z[h] = a.asym ? ld_float<SDT>(a.zp, grp * a.zs) : 0.0f;
+        if (cv && n + 8 * h < a.N) {
+            /* k's past K (x is zero there): zero codes, and the scale of the chunk's first k,
+             * which the factored mode applies to the sums of all four threads of the chunk */
+            if (kv) {
+                load_codes32<BITS>(row + 8 * h * a.rowb, st.w[h]);
+            } else {
+#pragma unroll
+                for (int i = 0; i < BITS; i++) st.w[h][i] = 0;
+            }
+            const int64_t gh = grp + 8 * h * (int64_t)a.gpr;
+            st.s[h] = ld_float<SDT>(a.scale, gh * a.ss);
+            st.z[h] = a.asym ? ld_float<SDT>(a.zp, gh * a.zs) : 0.0f;
         } else { /* zero codes with zero scale and zero point: exact zeros for every type taken */
 #pragma unroll
             for (int i = 0; i < BITS; i++) st.w[h][i] = 0;
@@ -218,8 +246,10 @@ __device__ __forceinline__ void gemv_load_stage(const GemvArgs &a, int64_t chunk
     }
 }
 
-/* x fragments of this thread's tokens (g, and g + 8 when NT == 2) for a chunk */
-template <int NT>
+/* x fragments of this thread's tokens (g, and g + 8 when NT == 2) for a chunk; for the packed
+ * decode the pairs of each unit of 8 k's are regrouped as its weight registers are:
+ * (x0,x4), (x1,x5), (x2,x6), (x3,x7) */
+template <int NT, bool PACKED>
 __device__ __forceinline__ void gemv_load_x(const GemvArgs &a, int64_t chunk, int64_t nchunks, int g, int t,
                                             uint32_t (&x)[NT][16]) {
     const int64_t kb = chunk_k(chunk, t);
@@ -228,6 +258,16 @@ __device__ __forceinline__ void gemv_load_x(const GemvArgs &a, int64_t chunk, in
     for (int nt = 0; nt < NT; nt++) {
         const int m = nt * 8 + g;
         load_x32((const uint16_t *)a.x + (int64_t)m * a.ldx + kb, kv && m < a.M, x[nt]);
+        if constexpr (PACKED) {
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                const uint32_t w0 = x[nt][4 * u], w1 = x[nt][4 * u + 1], w2 = x[nt][4 * u + 2], w3 = x[nt][4 * u + 3];
+                x[nt][4 * u] = __byte_perm(w0, w2, 0x5410);
+                x[nt][4 * u + 1] = __byte_perm(w0, w2, 0x7632);
+                x[nt][4 * u + 2] = __byte_perm(w1, w3, 0x5410);
+                x[nt][4 * u + 3] = __byte_perm(w1, w3, 0x7632);
+            }
+        }
     }
 }
 
@@ -269,151 +309,295 @@ __device__ __forceinline__ void gemv_unit_values(const GemvArgs &a, const float 
     }
 }
 
-/* the 16 MMAs of one chunk: per unit of 8 k's, two MMAs per token tile */
-template <int BITS, int XDT, int SDT, int NT, int DEC>
-__device__ __forceinline__ void gemv_compute(const GemvArgs &a, const float *lut, const GemvStage<BITS> &st,
-                                             const uint32_t (&x)[NT][16], float (&acc)[NT][4]) {
-    const bool asym = a.asym != 0;
+/* Two ways to apply the scales. Exact (FACT = false): every weight is dequantized to the
+ * dequantizer's value in x's dtype (value * scale (+ zero point), rounded as sdnq rounds) and
+ * multiplied. Factored (FACT = true; groups made of whole 128-k chunks and code values exact in
+ * x's dtype, which the launcher checks): the MMAs take the code values themselves and each
+ * chunk's sums are scaled once per row, y += s * sum(x * v) (+ z * sum(x)), the zero point's
+ * sum(x) from an MMA with an all-ones A. The factored weights are never rounded to x's dtype,
+ * so y differs from F.linear(x, dequantize(W)) by that rounding (at most half an ulp of each
+ * weight) as well as by the summation order; per weight it costs a decode and no arithmetic. */
+template <int BITS, int DEC, bool FACT> struct gemv_packed {
+    /* 4-bit integer codes in the factored mode: decoded two per instruction (deq_packed4) */
+    static constexpr bool value = FACT && DEC == DEC_INT && BITS == 4;
+};
+
+/* The packed decode: the 8 codes c0..c7 of a 32-bit word become the pairs of exact values
+ * (c0,c4), (c1,c5), (c2,c6), (c3,c7) in x's dtype: a mask puts a nibble pair into the low
+ * mantissa bits of the magic base m (bf16 0x4300 = 128, f16 0x6400 = 1024: exactly m + c) and
+ * one subtraction of m - min leaves c + min (small integers: exact). The x pairs are regrouped
+ * to match at load (gemv_load_x). */
+template <int XDT> __device__ __forceinline__ void deq_packed4(uint32_t w, uint32_t off2, uint32_t (&p)[4]) {
+    constexpr uint32_t MAG = XDT == SDNQ_DT_BF16 ? 0x43004300u : 0x64006400u;
 #pragma unroll
-    for (int u = 0; u < 4; u++) {
-        uint32_t p[2][4];
+    for (int q = 0; q < 4; q++) p[q] = h2_sub<XDT>(((w >> (4 * q)) & 0x000F000Fu) | MAG, off2);
+}
+
+/* accumulator sets: with one token tile the MMAs alternate between two sets (two independent
+ * MMA chains); two token tiles are two chains already (and need the registers) */
+template <int NT> struct gemv_accs {
+    static constexpr int value = NT == 1 ? 2 : 1;
+};
+
+/* the A operand of one unit (8 k's) for rows g and g + 8, four registers each (ASYM: the
+ * factored mode's zero point; the exact mode reads a.asym) */
+template <int BITS, int XDT, int SDT, int DEC, bool FACT, bool ASYM>
+__device__ __forceinline__ void gemv_unit_a(const GemvArgs &a, const float *lut, const GemvStage<BITS> &st, int u,
+                                            uint32_t (&p)[2][4]) {
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
+    for (int h = 0; h < 2; h++) {
+        if constexpr (gemv_packed<BITS, DEC, FACT>::value) {
+            deq_packed4<XDT>(st.w[h][u], a.off2, p[h]);
+        } else {
             float v[UNIT];
             gemv_unit_values<BITS, DEC>(a, lut, st.w[h], u, v);
-            if (asym) deq_pack8<SDT, XDT, true>(v, st.s[h], st.z[h], p[h]);
-            else deq_pack8<SDT, XDT, false>(v, st.s[h], st.z[h], p[h]);
-        }
-        /* MMA 2u: k's +8u+0..3 (x words 4u, 4u+1); MMA 2u+1: k's +8u+4..7 (words 4u+2, 4u+3) */
+            if constexpr (FACT) {
 #pragma unroll
-        for (int nt = 0; nt < NT; nt++) {
-            mma16816<XDT>(acc[nt], p[0][0], p[1][0], p[0][1], p[1][1], x[nt][4 * u], x[nt][4 * u + 1]);
-            mma16816<XDT>(acc[nt], p[0][2], p[1][2], p[0][3], p[1][3], x[nt][4 * u + 2], x[nt][4 * u + 3]);
+                for (int q = 0; q < 4; q++) p[h][q] = pack2<XDT>(v[2 * q], v[2 * q + 1]); /* exact */
+            } else { /* exact: the zero point branched on per unit (fewer registers than per chunk) */
+                if (a.asym) deq_pack8<SDT, XDT, true>(v, st.s[h], st.z[h], p[h]);
+                else deq_pack8<SDT, XDT, false>(v, st.s[h], st.z[h], p[h]);
+            }
         }
     }
 }
 
-template <int BITS, int XDT, int SDT, int NT, int DEC>
+/* the MMAs of one chunk: per unit of 8 k's, two per token tile (MMA 2u: k's +8u+0..3, x words
+ * 4u and 4u+1; MMA 2u+1: k's +8u+4..7; in the packed decode the pairs (0,4), (1,5) and (2,6),
+ * (3,7)). Exact mode: into acc directly. Factored: into zeroed chunk sums, then acc += s * sum
+ * (+ z * sum(x)) per accumulator (rows g, g, g + 8, g + 8). */
+template <int BITS, int XDT, int SDT, int NT, int DEC, bool FACT, bool ASYM>
+__device__ __forceinline__ void gemv_compute_t(const GemvArgs &a, const float *lut, const GemvStage<BITS> &st,
+                                               const uint32_t (&x)[NT][16],
+                                               float (&acc)[gemv_accs<NT>::value][NT][4]) {
+    constexpr int A1 = gemv_accs<NT>::value - 1; /* the second MMA's set */
+    constexpr uint32_t ONES = XDT == SDNQ_DT_BF16 ? 0x3F803F80u : 0x3C003C00u;
+    float cs[FACT ? gemv_accs<NT>::value : 1][NT][4] = {}, xs[FACT && ASYM ? NT : 1][4] = {};
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        uint32_t p[2][4];
+        gemv_unit_a<BITS, XDT, SDT, DEC, FACT, ASYM>(a, lut, st, u, p);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) {
+            float(&c0)[4] = FACT ? cs[0][nt] : acc[0][nt];
+            float(&c1)[4] = FACT ? cs[A1][nt] : acc[A1][nt];
+            mma16816<XDT>(c0, p[0][0], p[1][0], p[0][1], p[1][1], x[nt][4 * u], x[nt][4 * u + 1]);
+            mma16816<XDT>(c1, p[0][2], p[1][2], p[0][3], p[1][3], x[nt][4 * u + 2], x[nt][4 * u + 3]);
+            if constexpr (FACT && ASYM) {
+                mma16816<XDT>(xs[nt], ONES, ONES, ONES, ONES, x[nt][4 * u], x[nt][4 * u + 1]);
+                mma16816<XDT>(xs[nt], ONES, ONES, ONES, ONES, x[nt][4 * u + 2], x[nt][4 * u + 3]);
+            }
+        }
+    }
+    if constexpr (FACT) {
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const float v = A1 ? __fadd_rn(cs[0][nt][q], cs[A1][nt][q]) : cs[0][nt][q];
+                acc[0][nt][q] = __fmaf_rn(v, st.s[q >> 1], acc[0][nt][q]);
+                if constexpr (ASYM) acc[0][nt][q] = __fmaf_rn(xs[nt][q], st.z[q >> 1], acc[0][nt][q]);
+            }
+    }
+}
+
+template <int BITS, int XDT, int SDT, int NT, int DEC, bool FACT>
+__device__ __forceinline__ void gemv_compute(const GemvArgs &a, const float *lut, const GemvStage<BITS> &st,
+                                             const uint32_t (&x)[NT][16],
+                                             float (&acc)[gemv_accs<NT>::value][NT][4]) {
+    if (FACT && a.asym) gemv_compute_t<BITS, XDT, SDT, NT, DEC, FACT, true>(a, lut, st, x, acc);
+    else gemv_compute_t<BITS, XDT, SDT, NT, DEC, FACT, false>(a, lut, st, x, acc);
+}
+
+/* The SVD branch of one tile, on the tensor cores: A = up (the tile's 16 rows, ranks along k),
+ * B = t^T (t = x @ down^T from the low-rank kernels, rounded to x's dtype as sdnq's own path
+ * rounds it), fp32 accumulation; 16 ranks per MMA. c[q] += sum over ranks of up[row q][j] *
+ * t[token q][j] for the warp's token tile nt. The tile's up rows were prefetched into the
+ * caches a tile ahead (gemv_prefetch_tile). */
+template <int XDT>
+__device__ __forceinline__ void svd_tile(const GemvArgs &a, int n0, int nt, int g, int t, float (&c)[4]) {
+    const int m = nt * 8 + g; /* B column g: token m */
+    for (int j0 = 0; j0 < a.rank; j0 += 16) {
+        uint32_t r[4], b[2];
+#pragma unroll
+        for (int i = 0; i < 4; i++) { /* a0: row g, ranks 2t, 2t+1; a1: row g+8; a2/a3: ranks + 8 */
+            const int n = n0 + g + (i & 1) * 8, j = j0 + 2 * t + (i >> 1) * 8;
+            float v[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+                v[e] = n < a.N && j + e < a.rank
+                           ? sdnq_load_float(a.up, (int64_t)n * a.us0 + (int64_t)(j + e) * a.us1, a.up_dtype)
+                           : 0.0f;
+            r[i] = pack2<XDT>(v[0], v[1]);
+        }
+#pragma unroll
+        for (int i = 0; i < 2; i++) { /* b0: ranks 2t, 2t+1; b1: ranks 2t+8, 2t+9 */
+            const int j = j0 + 2 * t + i * 8;
+            const float *tp = a.lowrank + (int64_t)m * a.rank + j;
+            const bool mv = m < a.M;
+            b[i] = pack2<XDT>(mv && j < a.rank ? __ldg(tp) : 0.0f, mv && j + 1 < a.rank ? __ldg(tp + 1) : 0.0f);
+        }
+        mma16816<XDT>(c, r[0], r[1], r[2], r[3], b[0], b[1]);
+    }
+}
+
+/* asks the caches for the epilogue operands of the tile at row n0 (its bias and up rows) */
+__device__ __forceinline__ void gemv_prefetch_tile(const GemvArgs &a, int n0, int lane) {
+    if (a.bias != NULL && lane == 0) prefetch_l1((const unsigned short *)a.bias + n0);
+    if (a.rank <= 0) return;
+    const int esz = a.up_dtype == SDNQ_DT_F32 ? 4 : 2; /* F32, BF16 or F16 (checked by the launcher) */
+    if (a.us0 == 1) { /* column-major (sdnq's): per rank, the tile's 16 rows are contiguous */
+        for (int j = lane; j < a.rank; j += 32) prefetch_l1((const char *)a.up + ((int64_t)n0 + (int64_t)j * a.us1) * esz);
+    } else if (lane < GEMV_ROWS && n0 + lane < a.N) {
+        prefetch_l1((const char *)a.up + (int64_t)(n0 + lane) * a.us0 * esz);
+    }
+}
+
+/* Persistent blocks: block b takes the row tiles b, b + gridDim.x, ... Each warp walks one
+ * sequence of (tile, chunk) items - its chunks warp, warp + 8, ... of each of its block's tiles
+ * in turn - with the codes of the next STAGES items in flight, across tile boundaries, so the
+ * next tile's first loads overlap this tile's end. At the end of a tile every warp leaves its
+ * partial sums in shared memory (two buffers, by tile parity), one barrier, and warp nt < NT
+ * sums token tile nt over the warps in warp order, adds the SVD branch and the bias (asked of
+ * the caches a tile ahead) and writes y. */
+template <int BITS, int XDT, int NT>
+__device__ __forceinline__ void gemv_tile_end(const GemvArgs &a, float (&part)[2][GEMV_WARPS][NT][4][32], int par,
+                                              int n0, int next_n0, int warp, int lane) {
+    __syncthreads();
+    if (warp >= NT) return;
+    const int nt = warp, g = lane / 4, t = lane % 4;
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int w = 0; w < GEMV_WARPS; w++) sum[q] = __fadd_rn(sum[q], part[par][w][nt][q][lane]);
+    float lr[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (a.rank > 0) {
+        grid_dependency_wait(); /* the low-rank kernels' results (launched as their dependent) */
+        svd_tile<XDT>(a, n0, nt, g, t, lr);
+    }
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        /* accumulator q holds C[row][token]: row = g (+8 for q >= 2), token = 2t (+1 for odd q) */
+        const int n = n0 + g + (q >= 2 ? 8 : 0);
+        const int m = nt * 8 + 2 * t + (q & 1);
+        if (m < a.M && n < a.N) {
+            float v = sum[q];
+            if (a.bias != NULL) v = __fadd_rn(v, unpack1<XDT>(__ldg((const unsigned short *)a.bias + n)));
+            if (a.rank > 0) v = __fadd_rn(v, lr[q]);
+            ((uint16_t *)a.y)[(int64_t)m * a.ldy + n] = (uint16_t)bits16<XDT>(v);
+        }
+    }
+    if (next_n0 >= 0) gemv_prefetch_tile(a, next_n0, lane);
+}
+
+template <int BITS, int XDT, int SDT, int NT, int DEC, bool FACT>
 __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a) {
     __shared__ float lut[DEC == DEC_LUT ? 1 << BITS : 1];
-    __shared__ float part[GEMV_WARPS][NT][4][32];
+    __shared__ float part[2][GEMV_WARPS][NT][4][32];
     if constexpr (DEC == DEC_LUT) {
         build_lut(lut, a.t, SDT);
         __syncthreads();
     }
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int n0 = blockIdx.x * GEMV_ROWS;
-    float acc[NT][4] = {};
+    constexpr bool PACKED = gemv_packed<BITS, DEC, FACT>::value;
+    /* the factored mode's chunk sums take registers: one stage fewer there */
+    constexpr int STAGES = gemv_stages<BITS, NT>::value - (FACT && gemv_stages<BITS, NT>::value > 2 ? 1 : 0);
+    constexpr int A1 = gemv_accs<NT>::value - 1;
     const int64_t nchunks = (a.K + GEMV_CHUNK - 1) / GEMV_CHUNK;
+    const int tiles = (a.N + GEMV_ROWS - 1) / GEMV_ROWS;
+    const int my_tiles = (int)blockIdx.x < tiles ? (tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
+    const int cnt = warp < nchunks ? (int)((nchunks - 1 - warp) / GEMV_WARPS) + 1 : 0; /* chunks per tile */
+    const int64_t items = (int64_t)cnt * my_tiles;
+    auto tile_n0 = [&](int j) { return j < my_tiles ? ((int)blockIdx.x + j * (int)gridDim.x) * GEMV_ROWS : -1; };
 
-    constexpr int STAGES = gemv_stages<BITS, NT>::value;
+    if (warp < NT && my_tiles > 0) gemv_prefetch_tile(a, tile_n0(0), lane);
+
+    /* items in flight: the one computed (jc, kc), the x prefetch one ahead, the codes STAGES ahead */
+    int jl = 0, kl = 0; /* the next item to load: tile index, chunk index within the warp's chunks */
+    auto load_next = [&](GemvStage<BITS> &stage) {
+        const bool v = jl < my_tiles;
+        gemv_load_stage<BITS, SDT>(a, v ? warp + (int64_t)kl * GEMV_WARPS : nchunks, nchunks, v ? tile_n0(jl) : 0,
+                                   g, t, stage);
+        if (++kl == cnt) kl = 0, jl++;
+    };
     GemvStage<BITS> st[STAGES];
 #pragma unroll
-    for (int s = 0; s < STAGES; s++) gemv_load_stage<BITS, SDT>(a, warp + s * GEMV_WARPS, nchunks, n0, g, t, st[s]);
+    for (int s = 0; s < STAGES; s++) load_next(st[s]);
     constexpr bool XPF = NT == 1; /* x one chunk ahead (registers allowing) */
     uint32_t xc[NT][16];
-    if constexpr (XPF) gemv_load_x<NT>(a, warp, nchunks, g, t, xc);
+    if constexpr (XPF) gemv_load_x<NT, PACKED>(a, cnt > 0 ? warp : nchunks, nchunks, g, t, xc);
 
-    for (int64_t c0 = warp; c0 < nchunks; c0 += STAGES * GEMV_WARPS) {
+    float acc[gemv_accs<NT>::value][NT][4] = {};
+    int jc = 0, kc = 0; /* the item computed */
+    auto end_tile = [&]() {
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                part[jc & 1][warp][nt][q][lane] = A1 ? __fadd_rn(acc[0][nt][q], acc[A1][nt][q]) : acc[0][nt][q];
+                acc[0][nt][q] = 0.0f;
+                acc[A1][nt][q] = 0.0f;
+            }
+        gemv_tile_end<BITS, XDT, NT>(a, part, jc & 1, tile_n0(jc), tile_n0(jc + 1), warp, lane);
+    };
+
+    if (cnt == 0) { /* more warps than chunks: this warp only meets the tiles' barriers */
+        for (; jc < my_tiles; jc++) end_tile();
+        return;
+    }
+    for (int64_t i0 = 0; i0 < items; i0 += STAGES) {
 #pragma unroll
         for (int s = 0; s < STAGES; s++) {
-            const int64_t c = c0 + (int64_t)s * GEMV_WARPS;
-            if (c >= nchunks) break; /* warp-uniform */
+            if (i0 + s >= items) break; /* warp-uniform */
+            const int64_t c = warp + (int64_t)kc * GEMV_WARPS;
             if constexpr (XPF) {
+                /* x of the next item: the next chunk, or this warp's first chunk of the next tile */
+                const int64_t cn = kc + 1 < cnt ? c + GEMV_WARPS : warp;
                 uint32_t xn[NT][16];
-                gemv_load_x<NT>(a, c + GEMV_WARPS, nchunks, g, t, xn);
-                gemv_compute<BITS, XDT, SDT, NT, DEC>(a, lut, st[s], xc, acc);
+                gemv_load_x<NT, PACKED>(a, i0 + s + 1 < items ? cn : nchunks, nchunks, g, t, xn);
+                gemv_compute<BITS, XDT, SDT, NT, DEC, FACT>(a, lut, st[s], xc, acc);
 #pragma unroll
                 for (int nt = 0; nt < NT; nt++)
 #pragma unroll
                     for (int i = 0; i < 16; i++) xc[nt][i] = xn[nt][i];
             } else {
-                gemv_load_x<NT>(a, c, nchunks, g, t, xc);
-                gemv_compute<BITS, XDT, SDT, NT, DEC>(a, lut, st[s], xc, acc);
+                gemv_load_x<NT, PACKED>(a, c, nchunks, g, t, xc);
+                gemv_compute<BITS, XDT, SDT, NT, DEC, FACT>(a, lut, st[s], xc, acc);
             }
-            gemv_load_stage<BITS, SDT>(a, c + STAGES * GEMV_WARPS, nchunks, n0, g, t, st[s]);
-        }
-    }
-
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-        for (int q = 0; q < 4; q++) part[warp][nt][q][lane] = acc[nt][q];
-
-    /* SVD branch: the low-rank sums (split partials added in order) and the block's up rows,
-     * staged in shared memory GEMV_RC ranks at a time; warp nt's lanes then take dot products */
-    float lr[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (a.rank > 0) {
-        __shared__ float ts[16][GEMV_RC], ups[GEMV_ROWS][GEMV_RC + 1];
-        grid_dependency_wait(); /* the low-rank kernel's results (launched as its dependent) */
-        const int64_t sstride = (int64_t)a.M * a.rank;
-        __shared__ float tpart[GEMV_THREADS];
-        for (int j0 = 0; j0 < a.rank; j0 += GEMV_RC) {
-            const int nj = a.rank - j0 < GEMV_RC ? a.rank - j0 : GEMV_RC;
-            /* sum of the splits: P threads per (token, rank) pair when there are few pairs, each
-             * over a fixed range of splits, then the P partials in order (deterministic) */
-            const int E = a.M * nj;
-            int P = E >= GEMV_THREADS ? 1 : GEMV_THREADS / E;
-            if (P > a.splits) P = a.splits;
-            for (int idx = threadIdx.x; idx < E * P; idx += GEMV_THREADS) {
-                const int e = idx % E, p = idx / E, m = e / nj, jj = e % nj;
-                const int s0 = p * a.splits / P, s1 = (p + 1) * a.splits / P;
-                const float *src = a.lowrank + (int64_t)m * a.rank + j0 + jj;
-                float v = 0.0f;
-#pragma unroll 8
-                for (int sp = s0; sp < s1; sp++) v = __fadd_rn(v, __ldg(src + sp * sstride));
-                if (P == 1) ts[m][jj] = v;
-                else tpart[idx] = v;
+            load_next(st[s]);
+            if (++kc == cnt) {
+                end_tile();
+                kc = 0, jc++;
             }
-            if (P > 1) {
-                __syncthreads();
-                for (int e = threadIdx.x; e < E; e += GEMV_THREADS) {
-                    float v = 0.0f;
-                    for (int p = 0; p < P; p++) v = __fadd_rn(v, tpart[p * E + e]);
-                    ts[e / nj][e % nj] = v;
-                }
-            }
-            for (int idx = threadIdx.x; idx < GEMV_ROWS * nj; idx += GEMV_THREADS) {
-                const int rr = idx / nj, jj = idx % nj, n = n0 + rr;
-                ups[rr][jj] = n < a.N ? sdnq_load_float(a.up, (int64_t)n * a.us0 + (int64_t)(j0 + jj) * a.us1,
-                                                        a.up_dtype)
-                                      : 0.0f;
-            }
-            __syncthreads();
-            if (warp < NT) {
-#pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    const int rr = g + (q >= 2 ? 8 : 0), m = warp * 8 + 2 * t + (q & 1);
-                    if (m < a.M)
-                        for (int jj = 0; jj < nj; jj++) lr[q] = __fmaf_rn(ts[m][jj], ups[rr][jj], lr[q]);
-                }
-            }
-            __syncthreads();
-        }
-    } else {
-        __syncthreads();
-    }
-    if (warp >= NT) return;
-    const int nt = warp; /* warp w sums token tile w over the warps, in warp order */
-#pragma unroll
-    for (int q = 0; q < 4; q++) {
-        float sum = 0.0f;
-#pragma unroll
-        for (int w = 0; w < GEMV_WARPS; w++) sum = __fadd_rn(sum, part[w][nt][q][lane]);
-        /* accumulator q holds C[row][token]: row = g (+8 for q >= 2), token = 2t (+1 for odd q) */
-        const int n = n0 + g + (q >= 2 ? 8 : 0);
-        const int m = nt * 8 + 2 * t + (q & 1);
-        if (m < a.M && n < a.N) {
-            if (a.bias != NULL) sum = __fadd_rn(sum, unpack1<XDT>(__ldg((const unsigned short *)a.bias + n)));
-            if (a.rank > 0) sum = __fadd_rn(sum, lr[q]);
-            ((uint16_t *)a.y)[(int64_t)m * a.ldy + n] = (uint16_t)bits16<XDT>(sum);
         }
     }
 }
 
+/* t[m, j] = the sum over s of part[s, m, j]: the low-rank kernels' partial sums, reduced once
+ * for all GEMV blocks. 8 lanes per (m, j) pair, lane p summing the splits p, p + 8, ... in
+ * order, then a fixed shuffle tree (deterministic). Launched as a programmatic dependent of
+ * the low-rank kernel, with the GEMV as its own dependent: it lets the GEMV start at once and
+ * waits for the partial sums itself. */
+constexpr int LR_REDUCE_THREADS = 256, LR_REDUCE_LANES = 8;
+__global__ void __launch_bounds__(LR_REDUCE_THREADS) lowrank_reduce_kernel(const float *part, float *t, int32_t pairs,
+                                                                           int32_t splits) {
+    grid_dependency_trigger();
+    grid_dependency_wait();
+    const int64_t i = (int64_t)blockIdx.x * LR_REDUCE_THREADS + threadIdx.x;
+    const int64_t e = i / LR_REDUCE_LANES;
+    const int p = (int)(i % LR_REDUCE_LANES);
+    float v = 0.0f;
+    if (e < pairs)
+        for (int sp = p; sp < splits; sp += LR_REDUCE_LANES) v = __fadd_rn(v, __ldg(part + (int64_t)sp * pairs + e));
+#pragma unroll
+    for (int off = LR_REDUCE_LANES / 2; off > 0; off /= 2) v = __fadd_rn(v, __shfl_xor_sync(0xFFFFFFFFu, v, off));
+    if (p == 0 && e < pairs) t[e] = v;
+}
+
 /* t[s, m, j] = sum over split s's k's of x[m, k] * down[j, k], fp32: block (j, split s, group of
- * LR_TOKENS tokens); the GEMV's epilogue sums the splits in order */
+ * LR_TOKENS tokens); lowrank_reduce_kernel sums the splits in order */
 template <int XDT> __global__ void __launch_bounds__(LR_THREADS) lowrank_kernel(const LowrankArgs a) {
     __shared__ float red[LR_THREADS / 32][LR_TOKENS];
     grid_dependency_trigger(); /* the GEMV may start streaming its weight now */

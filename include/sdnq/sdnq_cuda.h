@@ -80,8 +80,8 @@ typedef struct sdnq_gemv_desc {
     /* optional SVD branch (rank > 0): y += (x @ down^T) @ up^T in fp32 before the
      * rounding. up[n, j] at n*up_stride[0] + j*up_stride[1], down[j, k] at
      * j*down_stride[0] + k*down_stride[1] (F32, BF16 or F16); lowrank is a caller
-     * scratch of at least M*rank floats (x @ down^T, written by a first kernel as
-     * partial sums over up to lowrank_numel / (M*rank) k ranges: give it
+     * scratch of at least M*rank floats: x @ down^T in its first M*rank, and after
+     * them partial sums over up to lowrank_numel / (M*rank) - 1 k ranges (give it
      * SDNQ_GEMV_LOWRANK_SPLITS * M * rank floats for the best split). */
     int64_t rank;
     const void *up;
@@ -95,7 +95,7 @@ typedef struct sdnq_gemv_desc {
 } sdnq_gemv_desc;
 
 #define SDNQ_GEMV_MAX_M 16
-#define SDNQ_GEMV_LOWRANK_SPLITS 64
+#define SDNQ_GEMV_LOWRANK_SPLITS 128
 
 /* SDNQ_OK when sdnq_cuda_gemv takes this descriptor (type, sizes and
  * alignment the fused kernel handles), else the status sdnq_cuda_gemv would
@@ -103,8 +103,10 @@ typedef struct sdnq_gemv_desc {
 SDNQ_API sdnq_status sdnq_cuda_gemv_supported(const sdnq_gemv_desc *d);
 /* Dequantizes W in registers (the values sdnq_cuda_dequantize writes for
  * out dtype x_dtype) and multiplies on the tensor cores, fp32 accumulation.
- * With rank > 0, two launches: the low-rank product into `lowrank`, then the
- * GEMV, whose epilogue adds it. */
+ * With rank > 0, the low-rank product is launched first (as partial sums over
+ * k ranges, then their sum in split order when there are several), and the
+ * GEMV's epilogue adds it; on sm_90+ each launch is a programmatic dependent of
+ * the one before, so the GEMV streams its weight while they run. */
 SDNQ_API sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream);
 
 /* ------------------------------------------------------------------------ */

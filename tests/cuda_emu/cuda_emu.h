@@ -228,6 +228,17 @@ inline float hi16(uint32_t r, bool bf16) {
     return bf16 ? sdnq_bf16_to_f32((uint16_t)(r >> 16)) : sdnq_f16_to_f32((uint16_t)(r >> 16));
 }
 
+/* packed 16-bit pairs (lo first): a - b, each half rounded once to BF16 or F16 */
+inline uint32_t h2_sub(uint32_t a, uint32_t b, bool bf16) {
+    uint32_t r = 0;
+    for (int h = 0; h < 2; h++) {
+        const double x = h ? hi16(a, bf16) : lo16(a, bf16), y = h ? hi16(b, bf16) : lo16(b, bf16);
+        const float v = (float)(x - y); /* exact for the operands the kernels pass */
+        r |= (uint32_t)(bf16 ? sdnq_f32_to_bf16(v) : sdnq_f32_to_f16(v)) << (16 * h);
+    }
+    return r;
+}
+
 /* mma.sync.aligned.m16n8k16.row.col.f32.{bf16,f16}: PTX ISA fragment layouts, products
  * summed in double and added to the fp32 accumulators */
 inline void mma16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0, uint32_t b1,
