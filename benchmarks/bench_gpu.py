@@ -574,7 +574,7 @@ def parse_args():
     ap.add_argument("--tokens", default=None, help="M values, comma-separated")
     ap.add_argument("--configs", default=None, help=f"dtypes, comma-separated, of {','.join(CONFIGS)}")
     ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--ncu-targets", action="store_true", help="one call of each hot kernel for ncu (gpu_run.sh)")
     ap.add_argument("--profile", action="store_true", help="kernel breakdown at the largest M (on with --quick)")
     ap.add_argument("--_compiled-worker", action="store_true", help=argparse.SUPPRESS)
