@@ -150,32 +150,30 @@ bool int_decode(const sdnq_type_traits *t) {
     return t->storage == SDNQ_DT_I8 || t->storage == SDNQ_DT_U8;
 }
 
-/* kernel<<<grid, GEMV_THREADS, 0, s>>>(a), as a programmatic dependent launch of the stream's
- * previous kernel when pdl (sm_90+: the SVD branch's low-rank kernels) */
-template <class Kernel> void launch_maybe_pdl(Kernel kernel, unsigned grid, cudaStream_t s, const GemvArgs &a, bool pdl) {
-#ifdef SDNQ_CUDA_EMU
-    (void)pdl;
-    SDNQ_LAUNCH(kernel, grid, GEMV_THREADS, s, a);
-#else
-    if (!pdl) {
-        SDNQ_LAUNCH(kernel, grid, GEMV_THREADS, s, a);
-        return;
-    }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(GEMV_THREADS);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = s;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    if (cudaLaunchKernelEx(&cfg, kernel, a) != cudaSuccess) { /* refused: an ordinary launch */
+/* kernel<<<grid, block, 0, s>>>(args...), as a programmatic dependent launch of the stream's
+ * previous kernel when pdl (sm_90+: the SVD branch's chain low-rank -> reduction -> GEMV); a
+ * launch the device refuses is made again as an ordinary one */
+template <class Kernel, class... Args>
+void launch_maybe_pdl(Kernel kernel, unsigned grid, unsigned block, cudaStream_t s, bool pdl, Args... args) {
+#ifndef SDNQ_CUDA_EMU
+    if (pdl) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(grid);
+        cfg.blockDim = dim3(block);
+        cfg.dynamicSmemBytes = 0;
+        cfg.stream = s;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        if (cudaLaunchKernelEx(&cfg, kernel, args...) == cudaSuccess) return;
         (void)cudaGetLastError();
-        SDNQ_LAUNCH(kernel, grid, GEMV_THREADS, s, a);
     }
+#else
+    (void)pdl;
 #endif
+    SDNQ_LAUNCH(kernel, grid, block, s, args...);
 }
 
 template <int BITS, int NT, int DEC, bool FACT>
@@ -184,7 +182,7 @@ void launch_gemv(const GemvArgs &a, int32_t xdt, int32_t sdt, unsigned grid, cud
     with_arith_dtype(sdt, [&](auto S) {
         const auto kernel = xdt == SDNQ_DT_BF16 ? &gemv_kernel<BITS, SDNQ_DT_BF16, decltype(S)::value, NT, DEC, FACT>
                                                 : &gemv_kernel<BITS, SDNQ_DT_F16, decltype(S)::value, NT, DEC, FACT>;
-        launch_maybe_pdl(kernel, grid, s, a, pdl);
+        launch_maybe_pdl(kernel, grid, GEMV_THREADS, s, pdl, a);
     });
 }
 
@@ -281,24 +279,8 @@ sdnq_status launch_lowrank(const sdnq_gemv_desc *d, int layout, int splits, int3
 /* t = the splits' sum, as a programmatic dependent launch of the low-rank kernel (sm_90+) */
 sdnq_status launch_reduce(const float *part, float *t, int64_t pairs, int splits, cudaStream_t s) {
     const unsigned grid = grid_for(pairs * LR_REDUCE_LANES, LR_REDUCE_THREADS);
-    const int32_t p32 = (int32_t)pairs;
-#ifndef SDNQ_CUDA_EMU
-    if (device_cc_major() >= 9) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(grid);
-        cfg.blockDim = dim3(LR_REDUCE_THREADS);
-        cfg.stream = s;
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        if (cudaLaunchKernelEx(&cfg, lowrank_reduce_kernel, part, t, p32, (int32_t)splits) == cudaSuccess)
-            return launch_status();
-        (void)cudaGetLastError();
-    }
-#endif
-    SDNQ_LAUNCH(lowrank_reduce_kernel, grid, LR_REDUCE_THREADS, s, part, t, p32, (int32_t)splits);
+    launch_maybe_pdl(lowrank_reduce_kernel, grid, LR_REDUCE_THREADS, s, device_cc_major() >= 9, part, t,
+                     (int32_t)pairs, (int32_t)splits);
     return launch_status();
 }
 
