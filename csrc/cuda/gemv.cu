@@ -3,6 +3,8 @@
  * (sdnq_cuda_gemv_supported) and the launch. Everything it does not take is
  * reported with a status so the caller can dequantize and run a GEMM instead.
  */
+#include <atomic>
+
 #include "gemv.cuh"
 
 using namespace sdnq_cuda;
@@ -209,18 +211,32 @@ void launch_bits(const GemvArgs &a, int32_t xdt, int32_t sdt, bool fact, unsigne
     launch_dec<BITS, DEC_LUT>(a, xdt, sdt, fact, grid, s);
 }
 
-/* the factored scales apply (gemv.cuh): every chunk of 128 k's lies in one scale group
- * (tensor-wise, row-wise, or groups of a multiple of 128) and every code's value (as the
- * dequantizer computes it, in the scale dtype) is exact in x's dtype (NaN codes aside) */
-bool factored(const sdnq_type_traits *t, const GemvArgs &a, int32_t xdt, int32_t sdt) {
-    if (!(a.gpr == 0 || a.gk == a.K || a.gk % GEMV_CHUNK == 0)) return false;
-    for (uint32_t c = 0; c < (1u << t->bits); c++) {
+/* every code's value (as the dequantizer computes it, in the scale dtype) is exact in x's dtype
+ * (NaN codes aside); up to 256 values per type, so the answer is kept per (type, scale dtype,
+ * x dtype): 0 not known yet, 1 yes, 2 no (relaxed atomics: racing callers store the same value) */
+bool values_exact(const sdnq_type_traits *t, int32_t xdt, int32_t sdt) {
+    static std::atomic<unsigned char> known[512][3][2];
+    const int si = sdt == SDNQ_DT_F32 ? 0 : sdt == SDNQ_DT_BF16 ? 1 : 2, xi = xdt == SDNQ_DT_BF16 ? 0 : 1;
+    const bool cached = t->id >= 0 && t->id < 512;
+    if (cached) {
+        const unsigned char k = known[t->id][si][xi].load(std::memory_order_relaxed);
+        if (k != 0) return k == 1;
+    }
+    bool exact = true;
+    for (uint32_t c = 0; c < (1u << t->bits) && exact; c++) {
         const float v = sdnq_weight_value(t, c, sdt);
         if (v != v) continue;
         const float r = xdt == SDNQ_DT_BF16 ? sdnq_bf16_to_f32(sdnq_f32_to_bf16(v)) : sdnq_f16_to_f32(sdnq_f32_to_f16(v));
-        if (r != v) return false;
+        exact = r == v;
     }
-    return true;
+    if (cached) known[t->id][si][xi].store(exact ? 1 : 2, std::memory_order_relaxed);
+    return exact;
+}
+
+/* the factored scales apply (gemv.cuh): every chunk of 128 k's lies in one scale group
+ * (tensor-wise, row-wise, or groups of a multiple of 128) and the code values are exact */
+bool factored(const sdnq_type_traits *t, const GemvArgs &a, int32_t xdt, int32_t sdt) {
+    return (a.gpr == 0 || a.gk == a.K || a.gk % GEMV_CHUNK == 0) && values_exact(t, xdt, sdt);
 }
 
 /* the low-rank kernel's layout: 1 = down rows contiguous along k, 2 = down contiguous along
