@@ -537,7 +537,8 @@ def plot(summary, path) -> bool:
 def ncu_targets():
     """one call of each hot kernel between cudaProfilerStart/Stop, for `ncu --profile-from-start off`
     (gpu_run.sh's ncu step): the GEMV (M=1, 16; SVD epilogue), the flat and the fused-SVD
-    dequantization, row quantization and the int8 epilogue, on the 3072x12288 shape"""
+    dequantization, row quantization and the int8 epilogue, on the 3072x12288 shape, and the
+    uint4+svd32 GEMV at M=1 on 12288x3072"""
     N, K, M = 3072, 12288, 4608
     layers = {label: Layer(label, (N, K)) for label in ("uint4+svd32", "int8", "int5")}
     x1 = torch.randn(1, K, device=DEV).to(BF16)
@@ -547,6 +548,8 @@ def ncu_targets():
     sb = torch.rand(N, device=DEV)
     u = layers["uint4+svd32"]
     calls = [lambda lay=lay, x=x: lay.comfy(x, "gemv") for lay in layers.values() for x in (x1, x16)]
+    wide = Layer("uint4+svd32", (K, N))  # 12288x3072: several row tiles per persistent block
+    calls.append(lambda: wide.comfy(x1[:, :N].contiguous(), "gemv"))
     calls += [layers[lab].comfy_dequantize for lab in layers]
     calls += [lambda: kernels.dequantize(u.t, u.codes, u.scale, u.zp, u.view, u.shape, BF16, svd=(u.up, u.down)),
               lambda: kernels.quantize_rows(xm, "int8"), lambda: kernels.quantize_rows(xm, "fp8"),

@@ -19,7 +19,8 @@
 #              comfy_sdnq package and .so files, possibly .so.gz, benchmarks/bench_gpu.py): before/after on the
 #              same machine                                   baseline/bench.{json,md}, baseline.log
 #   ncu        Nsight Compute on one call of each hot kernel (bench_gpu.py --ncu-targets):
-#              speed of light, occupancy, launch, warp-state and scheduler statistics    ncu.txt
+#              speed of light, occupancy, launch, warp-state and scheduler statistics, executed
+#              instructions and stall reasons, at the GPU's own clocks                     ncu.txt
 # Pure-Python packages carried under .device/pylib (e.g. sdnq, for the benchmark's sdnq columns)
 # are put on PYTHONPATH. Each step has a time limit; the exit status is 1 if any step failed.
 # Expected time on an H100: tests ~1.5 min, sanitizers ~1.5 min each, quick bench ~2 min (~6.5 min).
@@ -109,8 +110,10 @@ for s in $STEPS; do
         if [ -z "$NCU" ]; then
             echo "ncu not found: ncu step skipped"
         else
-            step "ncu" 240 "$OUT/ncu.txt" "$NCU" --profile-from-start off --section SpeedOfLight \
+            # the GPU's own clocks (no locking), plus the instruction count and the stall reasons
+            step "ncu" 240 "$OUT/ncu.txt" "$NCU" --profile-from-start off --clock-control none --section SpeedOfLight \
                 --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
+                --metrics 'smsp__inst_executed.sum,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio' \
                 $PY benchmarks/bench_gpu.py --ncu-targets
         fi
         ;;

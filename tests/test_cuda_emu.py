@@ -172,6 +172,12 @@ def test_emu_gemv(emu, name, M):
     T.test_gemv(name, M)
 
 
+@pytest.mark.parametrize("name", ["uint4", "int8", "float8_e4m3fn"])
+@pytest.mark.parametrize("M", [1, 9])
+def test_emu_gemv_many_tiles(emu, name, M):
+    T.test_gemv_many_tiles(name, M)
+
+
 def test_emu_gemv_refuses(emu):
     T.test_gemv_refuses_and_linear_falls_back()
 

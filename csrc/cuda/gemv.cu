@@ -234,9 +234,9 @@ bool values_exact(const sdnq_type_traits *t, int32_t xdt, int32_t sdt) {
 }
 
 /* the factored scales apply (gemv.cuh): every chunk of 128 k's lies in one scale group
- * (tensor-wise, row-wise, or groups of a multiple of 128) and the code values are exact */
+ * (row-wise or tensor-wise, gk == K, or groups of a multiple of 128) and the code values are exact */
 bool factored(const sdnq_type_traits *t, const GemvArgs &a, int32_t xdt, int32_t sdt) {
-    return (a.gpr == 0 || a.gk == a.K || a.gk % GEMV_CHUNK == 0) && values_exact(t, xdt, sdt);
+    return (a.gk == a.K || a.gk % GEMV_CHUNK == 0) && values_exact(t, xdt, sdt); /* tensor-wise: gk == K */
 }
 
 /* the low-rank kernel's layout: 1 = down rows contiguous along k, 2 = down contiguous along

@@ -208,17 +208,16 @@ __device__ __forceinline__ void load_x32(const uint16_t *p, bool valid, uint32_t
     }
 }
 
-/* this thread's first k in a chunk */
-__device__ __forceinline__ int64_t chunk_k(int64_t chunk, int t) { return chunk * GEMV_CHUNK + (int64_t)t * GEMV_CODES; }
+/* this thread's first k in a chunk (32-bit: the launcher keeps K + GEMV_CHUNK below 2^31) */
+__device__ __forceinline__ int chunk_k(int64_t chunk, int t) { return (int)chunk * GEMV_CHUNK + t * GEMV_CODES; }
 
 template <int BITS, int SDT>
 __device__ __forceinline__ void gemv_load_stage(const GemvArgs &a, int64_t chunk, int64_t nchunks, int n0, int g,
                                                 int t, GemvStage<BITS> &st) {
-    /* 32-bit k arithmetic (the launcher keeps K + GEMV_CHUNK below 2^31); the group of k from a
-     * multiply-high by ceil(2^64 / gk) (exact for every k < 2^32) instead of a division */
-    const int kb = (int)chunk * GEMV_CHUNK + t * GEMV_CODES;
+    /* the group of k from a multiply-high by ceil(2^64 / gk) (exact for every k < 2^32) */
+    const int kb = chunk_k(chunk, t);
     const bool cv = chunk < nchunks, kv = cv && kb < a.K;
-    const int kg = kv ? kb : (int)chunk * GEMV_CHUNK;
+    const int kg = kv ? kb : chunk_k(chunk, 0);
     const int64_t gi = cv ? (int64_t)__umul64hi((unsigned long long)(uint32_t)kg, a.gmagic) : 0;
     const int n = n0 + g;
     const uint8_t *row = (const uint8_t *)a.codes + (int64_t)n * a.rowb + (kb >> 3) * BITS;
@@ -252,7 +251,7 @@ __device__ __forceinline__ void gemv_load_stage(const GemvArgs &a, int64_t chunk
 template <int NT, bool PACKED>
 __device__ __forceinline__ void gemv_load_x(const GemvArgs &a, int64_t chunk, int64_t nchunks, int g, int t,
                                             uint32_t (&x)[NT][16]) {
-    const int64_t kb = chunk_k(chunk, t);
+    const int kb = chunk_k(chunk, t);
     const bool kv = chunk < nchunks && kb < a.K;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
@@ -339,9 +338,9 @@ template <int NT> struct gemv_accs {
     static constexpr int value = NT == 1 ? 2 : 1;
 };
 
-/* the A operand of one unit (8 k's) for rows g and g + 8, four registers each (ASYM: the
- * factored mode's zero point; the exact mode reads a.asym) */
-template <int BITS, int XDT, int SDT, int DEC, bool FACT, bool ASYM>
+/* the A operand of one unit (8 k's) for rows g and g + 8, four registers each (the factored
+ * mode's values carry no scale or zero point) */
+template <int BITS, int XDT, int SDT, int DEC, bool FACT>
 __device__ __forceinline__ void gemv_unit_a(const GemvArgs &a, const float *lut, const GemvStage<BITS> &st, int u,
                                             uint32_t (&p)[2][4]) {
 #pragma unroll
@@ -376,7 +375,7 @@ __device__ __forceinline__ void gemv_compute_t(const GemvArgs &a, const float *l
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         uint32_t p[2][4];
-        gemv_unit_a<BITS, XDT, SDT, DEC, FACT, ASYM>(a, lut, st, u, p);
+        gemv_unit_a<BITS, XDT, SDT, DEC, FACT>(a, lut, st, u, p);
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
             float(&c0)[4] = FACT ? cs[0][nt] : acc[0][nt];
@@ -460,7 +459,7 @@ __device__ __forceinline__ void gemv_prefetch_tile(const GemvArgs &a, int n0, in
  * partial sums in shared memory (two buffers, by tile parity), one barrier, and warp nt < NT
  * sums token tile nt over the warps in warp order, adds the SVD branch and the bias (asked of
  * the caches a tile ahead) and writes y. */
-template <int BITS, int XDT, int NT>
+template <int XDT, int NT>
 __device__ __forceinline__ void gemv_tile_end(const GemvArgs &a, float (&part)[2][GEMV_WARPS][NT][4][32], int par,
                                               int n0, int next_n0, int warp, int lane) {
     __syncthreads();
@@ -540,7 +539,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
                 acc[0][nt][q] = 0.0f;
                 acc[A1][nt][q] = 0.0f;
             }
-        gemv_tile_end<BITS, XDT, NT>(a, part, jc & 1, tile_n0(jc), tile_n0(jc + 1), warp, lane);
+        gemv_tile_end<XDT, NT>(a, part, jc & 1, tile_n0(jc), tile_n0(jc + 1), warp, lane);
     };
 
     if (cnt == 0) { /* more warps than chunks: this warp only meets the tiles' barriers */
