@@ -548,7 +548,7 @@ def ncu_targets():
     sb = torch.rand(N, device=DEV)
     u = layers["uint4+svd32"]
     calls = [lambda lay=lay, x=x: lay.comfy(x, "gemv") for lay in layers.values() for x in (x1, x16)]
-    wide = Layer("uint4+svd32", (K, N))  # 12288x3072: several row tiles per persistent block
+    wide = Layer("uint4+svd32", (K, N))  # 12288x3072: blocks whose items span several row groups
     calls.append(lambda: wide.comfy(x1[:, :N].contiguous(), "gemv"))
     calls += [layers[lab].comfy_dequantize for lab in layers]
     calls += [lambda: kernels.dequantize(u.t, u.codes, u.scale, u.zp, u.view, u.shape, BF16, svd=(u.up, u.down)),

@@ -349,9 +349,12 @@ def gemv(t: SdnqType, codes: torch.Tensor, scale: torch.Tensor, zero_point: torc
     if bias is not None and (bias.dtype != x2.dtype or bias.stride(-1) != 1):
         bias = bias.to(x2.dtype).contiguous()
     y = torch.empty((M, n_out), dtype=x2.dtype, device=dev)
+    # one fp32 scratch: the split-K partial sums, then the SVD branch's t and its partial sums
+    nwork = _C_cuda.gemv_work_floats(M, n_out)
+    rank = 0 if up is None else up.shape[1]
+    scratch = torch.empty((nwork + GEMV_LOWRANK_SPLITS * M * rank,), dtype=torch.float32, device=dev)
     if up is not None:
-        rank = up.shape[1]
-        lowrank = torch.empty((GEMV_LOWRANK_SPLITS, M, rank), dtype=torch.float32, device=dev)
+        lowrank = scratch[nwork:]
         svd = (rank, up.data_ptr(), _dt(up.dtype), _span(up), up.stride(0), up.stride(1), down.data_ptr(),
                _dt(down.dtype), _span(down), down.stride(0), down.stride(1), lowrank.data_ptr(), lowrank.numel())
     else:
@@ -361,7 +364,7 @@ def gemv(t: SdnqType, codes: torch.Tensor, scale: torch.Tensor, zero_point: torc
                     codes.data_ptr(), codes.numel() * codes.element_size(), r, scale.data_ptr(), _dt(scale.dtype),
                     _span(scale), _bstride(scale, 0), _ptr(zero_point),
                     0 if zero_point is None else _span(zero_point),
-                    0 if zero_point is None else _bstride(zero_point, 0), *svd)
+                    0 if zero_point is None else _bstride(zero_point, 0), *svd, scratch.data_ptr(), nwork)
     return y if st == 0 else None
 
 

@@ -318,18 +318,17 @@ def test_gemv(name, M):
         assert bool((err <= bound).all()), f"{name} M={M} {view}: max err {err.max().item()} ({xdt}, scale {sdt})"
 
 
-@pytest.mark.parametrize("name", ["uint4", "int8", "float8_e4m3fn"])
-@pytest.mark.parametrize("M", [1, 9])
-def test_gemv_many_tiles(name, M):
-    """more 16-row tiles than the GPU runs blocks at once (2 per multiprocessor; the emulation
-    reports 2 multiprocessors): each persistent block walks several tiles, its loads running ahead
-    across tile boundaries, with the SVD branch and bias at every tile's end; K = 384 is 3 chunks,
-    so 5 of the 8 warps only meet the tiles' barriers"""
-    sms = torch.cuda.get_device_properties(0).multi_processor_count if DEV == "cuda" else 2
-    n_out = 16 * 2 * sms * 2 + 24
+def _sms():
+    """multiprocessors of the device (the emulation reports 2)"""
+    return torch.cuda.get_device_properties(0).multi_processor_count if DEV == "cuda" else 2
+
+
+def _gemv_svd_case(name, M, n_out, k_in, seed, group=128):
+    """y of the GEMV with SVD branch and bias on random codes in groups of `group`, and its float64
+    reference and bound (gemv_bound plus the low-rank product's fp32 sums and bf16 rounding)"""
     t = dtypes.get(name)
-    gen = torch.Generator().manual_seed(M * 13 + t.id)
-    k_in, group, rank = 384, 128, 16
+    gen = torch.Generator().manual_seed(seed)
+    rank = 16
     view = (n_out * k_in // group, group, 1)
     raw = to_dev(finite_codes(t, random_codes(t, n_out * k_in, gen)))
     scale, zp = random_side(t, view, F32, gen)
@@ -339,13 +338,53 @@ def test_gemv_many_tiles(name, M):
     x = torch.randn(M, k_in, generator=gen).to(BF16).to(DEV)
     bias = (torch.randn(n_out, generator=gen) * 0.1).to(BF16).to(DEV)
     y = kernels.gemv(t, raw, scale, zp, view, x, bias, n_out, up, down)
-    assert y is not None
     w = kernels.dequantize(t, raw, scale, zp, view, (n_out, k_in), BF16, impl="fast")
     y64 = x.double() @ w.double().t() + bias.double() + (x.double() @ down.double().t()) @ up.double().t()
     lowmag = (x.double().abs() @ down.double().abs().t()) @ up.double().abs().t()
     bound = gemv_bound(x, w, y64) + ((k_in + rank) * 2.0**-22 + 2.0**-8) * lowmag
+    return y, y64, bound
+
+
+@pytest.mark.parametrize("name", ["uint4", "int8", "float8_e4m3fn"])
+@pytest.mark.parametrize("M", [1, 9])
+@pytest.mark.parametrize("wide", [True, False])
+def test_gemv_many_tiles(name, M, wide):
+    """the split-K work distribution (gemv.cuh): items (row group of 128 rows, chunk of 128 k's)
+    in equal ranges over at most 2 blocks per multiprocessor (the emulation reports 2). wide: more
+    row groups than blocks, K = 384 (3 chunks), so a block's range spans several row groups
+    (its loads run ahead across them) and ends inside one; narrow: 40 rows (one row group, 3
+    tiles of 16 with a partial one) and K = 4000 row-wise (32 chunks, the last of 32 k's), so
+    each row group is split over several blocks and summed from their segments in block order"""
+    n_out, k_in = (128 * 4 * _sms() + 24, 384) if wide else (40, 4000)
+    y, y64, bound = _gemv_svd_case(name, M, n_out, k_in, M * 13 + dtypes.get(name).id + wide, 128 if wide else k_in)
+    assert y is not None
     err = (y.double() - y64).abs()
     assert bool((err <= bound).all()), f"{name} M={M} N={n_out}: max err {err.max().item()}"
+
+
+@pytest.mark.parametrize("M", [1, 9])
+def test_gemv_work_buffer(M, monkeypatch):
+    """the split-K scratch: with room for one block's segments the kernel still runs (one block,
+    every row group in one range) and gives the same y up to the summation order; one segment
+    fewer than the row groups need is refused (None: the caller dequantizes instead)"""
+    n_out, k_in = 300, 1024
+    y_full, y64, bound = _gemv_svd_case("uint4", M, n_out, k_in, 5 + M)
+    assert y_full is not None and bool(((y_full.double() - y64).abs() <= bound).all())
+    seg = 128 * (16 if M > 8 else 8)
+    groups = (n_out + 127) // 128
+    real = kernels._C_cuda
+    for floats, ok in ((seg * (groups + 1), True), (seg * groups, False), (seg * (groups + 1) - 1, False)):
+        fake = type("C", (), {k: staticmethod(getattr(real, k)) if callable(getattr(real, k)) else getattr(real, k)
+                              for k in dir(real) if not k.startswith("__")})
+        fake.gemv_work_floats = staticmethod(lambda m, n, f=floats: f)
+        monkeypatch.setattr(kernels, "_C_cuda", fake)
+        y, _, _ = _gemv_svd_case("uint4", M, n_out, k_in, 5 + M)
+        monkeypatch.setattr(kernels, "_C_cuda", real)
+        if ok:
+            assert y is not None and bool(((y.double() - y64).abs() <= bound).all())
+        else:
+            assert y is None, f"work of {floats} floats for {groups} row groups was taken"
+    assert real.gemv_work_floats(M, n_out) == seg * (2 * _sms() + groups)
 
 
 @pytest.mark.parametrize("name", ["uint4", "int8", "int5", "float8_e4m3fn"])

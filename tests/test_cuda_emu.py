@@ -174,8 +174,14 @@ def test_emu_gemv(emu, name, M):
 
 @pytest.mark.parametrize("name", ["uint4", "int8", "float8_e4m3fn"])
 @pytest.mark.parametrize("M", [1, 9])
-def test_emu_gemv_many_tiles(emu, name, M):
-    T.test_gemv_many_tiles(name, M)
+@pytest.mark.parametrize("wide", [True, False])
+def test_emu_gemv_many_tiles(emu, name, M, wide):
+    T.test_gemv_many_tiles(name, M, wide)
+
+
+@pytest.mark.parametrize("M", [1, 9])
+def test_emu_gemv_work_buffer(emu, M, monkeypatch):
+    T.test_gemv_work_buffer(M, monkeypatch)
 
 
 def test_emu_gemv_refuses(emu):

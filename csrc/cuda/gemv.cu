@@ -11,6 +11,12 @@ using namespace sdnq_cuda;
 
 namespace {
 
+/* floats of one segment of the split-K work buffer: a row group's partial sums for M tokens */
+constexpr int64_t gemv_segment_floats(int64_t M) { return (int64_t)GEMV_WARPS * (M > 8 ? 2 : 1) * GEMV_FRAG; }
+static_assert(SDNQ_GEMV_WORK_FLOATS(1, GEMV_GROUP + 1, 3) == 5 * gemv_segment_floats(1) &&
+                  SDNQ_GEMV_WORK_FLOATS(9, GEMV_GROUP, 2) == 3 * gemv_segment_floats(9),
+              "SDNQ_GEMV_WORK_FLOATS matches the kernel's segments");
+
 /* max index (rows-1)*ld + cols-1 stays below numel, ld >= cols */
 bool fits2d(int64_t rows, int64_t cols, int64_t ld, int64_t numel) {
     if (ld < cols) return false;
@@ -27,7 +33,7 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
     if (d->x_dtype != SDNQ_DT_BF16 && d->x_dtype != SDNQ_DT_F16) return SDNQ_ERR_DTYPE;
     if (!sdnq_is_arith_dtype(d->scale_dtype)) return SDNQ_ERR_DTYPE;
     if (d->M < 1 || d->M > SDNQ_GEMV_MAX_M || d->N < 0 || d->K < 1 || d->red < 1) return SDNQ_ERR_SIZE;
-    if (d->K % GEMV_CODES != 0 || d->K > INT32_MAX - GEMV_CHUNK || d->N > INT32_MAX - GEMV_ROWS)
+    if (d->K % GEMV_CODES != 0 || d->K > INT32_MAX - GEMV_CHUNK || d->N > INT32_MAX - 2 * GEMV_GROUP)
         return SDNQ_ERR_UNSUPPORTED;
     const int64_t n = sdnq_mul64(d->N, d->K);
     if (n < 0) return SDNQ_ERR_OVERFLOW;
@@ -47,6 +53,11 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
         return SDNQ_ERR_UNSUPPORTED;
     }
     if (gk % GEMV_CODES != 0) return SDNQ_ERR_UNSUPPORTED;
+    { /* the kernel's per-chunk offsets within a weight row are 32-bit (GemvRows) */
+        const int64_t srow = sdnq_mul64(gpr, d->scale_stride);
+        const int64_t zrow = t->is_unsigned ? sdnq_mul64(gpr, d->zp_stride) : 0;
+        if (srow < 0 || srow > INT32_MAX || zrow < 0 || zrow > INT32_MAX) return SDNQ_ERR_UNSUPPORTED;
+    }
 
     int64_t need;
     if (t->is_packed) {
@@ -93,6 +104,17 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
         if (d->rank > 65535 * (int64_t)LR_TRANKS) return SDNQ_ERR_UNSUPPORTED;
     }
 
+    /* split-K: the items (row group, chunk) and the work buffer (gemv.cuh): the segments of one
+     * block per item range besides one per row group at least */
+    const int64_t nch = (d->K + GEMV_CHUNK - 1) / GEMV_CHUNK, rgroups = (d->N + GEMV_GROUP - 1) / GEMV_GROUP;
+    const int64_t items = sdnq_mul64(rgroups, nch);
+    if (items < 0 || items > INT32_MAX) return SDNQ_ERR_UNSUPPORTED;
+    if (d->work == NULL) return SDNQ_ERR_NULL;
+    if (!aligned(d->work, 4)) return SDNQ_ERR_UNSUPPORTED;
+    if (d->work_numel / gemv_segment_floats(d->M) - rgroups < 1) return SDNQ_ERR_RANGE;
+    if (d->rank > 0 && d->lowrank < d->work + d->work_numel && d->work < d->lowrank + d->lowrank_numel)
+        return SDNQ_ERR_RANGE; /* the two scratches overlap */
+
     /* 16-byte vector loads of codes and x (row starts stay aligned: K % 32 == 0, ldx % 8 == 0) */
     const uintptr_t ssize = (uintptr_t)sdnq_dtype_size(d->scale_dtype);
     if (!aligned(d->codes, 16) || !aligned(d->x, 16) || d->ldx % 8 != 0 || !aligned(d->y, 2) ||
@@ -135,6 +157,9 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
             const uint32_t h = bf ? sdnq_f32_to_bf16(off) : sdnq_f32_to_f16(off);
             a->off2 = h | (h << 16);
         }
+        a->nch = (int32_t)nch;
+        a->items = (int32_t)items;
+        a->work = d->work;
         a->rank = (int32_t)d->rank;
         a->lowrank = d->lowrank;
         a->up = d->up;
@@ -304,6 +329,11 @@ sdnq_status launch_reduce(const float *part, float *t, int64_t pairs, int splits
 
 extern "C" sdnq_status sdnq_cuda_gemv_supported(const sdnq_gemv_desc *d) { return prepare(d, NULL); }
 
+extern "C" int64_t sdnq_cuda_gemv_work_floats(int64_t M, int64_t N) {
+    if (M < 1 || N < 0 || N > INT32_MAX) return -1;
+    return SDNQ_GEMV_WORK_FLOATS(M, N, 2 * (int64_t)device_sms());
+}
+
 extern "C" sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream) {
     GemvArgs a;
     sdnq_status st = prepare(d, &a);
@@ -318,12 +348,24 @@ extern "C" sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream) {
         if ((st = launch_lowrank(d, layout, splits, kc, part, s)) != SDNQ_OK) return st;
         if (splits > 1 && (st = launch_reduce(part, d->lowrank, pairs, splits, s)) != SDNQ_OK) return st;
     }
-    /* persistent blocks (gemv.cuh): at most the two per multiprocessor that run at once */
-    const unsigned grid = grid_for(d->N, GEMV_ROWS, 2 * (int64_t)device_sms());
+    /* split-K over persistent blocks (gemv.cuh): at most the two per multiprocessor that run at
+     * once and the segments the work buffer holds, equal ranges of items */
+    const int64_t rgroups = (d->N + GEMV_GROUP - 1) / GEMV_GROUP;
+    int64_t blocks = 2 * (int64_t)device_sms();
+    const int64_t fit = d->work_numel / gemv_segment_floats(d->M) - rgroups; /* >= 1: prepare() */
+    if (blocks > fit) blocks = fit;
+    a.ipb = (int32_t)((a.items + blocks - 1) / blocks);
+    const unsigned grid = (unsigned)((a.items + a.ipb - 1) / a.ipb);
     /* prepare() refused widths outside 2..8 */
     const bool fact = factored(&a.t, a, d->x_dtype, d->scale_dtype);
     with_unit_bits<2>(a.t.bits, [&](auto B) {
         launch_bits<decltype(B)::value>(a, d->x_dtype, d->scale_dtype, fact, grid, s);
     });
+    if ((st = launch_status()) != SDNQ_OK) return st;
+    /* the tiles' sums, bias and SVD branch: a programmatic dependent of the GEMV (sm_90+) */
+    const bool two = a.M > 8, bf = d->x_dtype == SDNQ_DT_BF16;
+    const auto fin = bf ? (two ? &gemv_finish_kernel<SDNQ_DT_BF16, 2> : &gemv_finish_kernel<SDNQ_DT_BF16, 1>)
+                        : (two ? &gemv_finish_kernel<SDNQ_DT_F16, 2> : &gemv_finish_kernel<SDNQ_DT_F16, 1>);
+    launch_maybe_pdl(fin, grid_for(d->N, GEMV_ROWS), 32u * (two ? 2u : 1u), s, device_cc_major() >= 9, a);
     return launch_status();
 }

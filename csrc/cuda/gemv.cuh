@@ -39,29 +39,34 @@
  * minus the type's offset subtracted), 4-bit codes in the factored mode two per
  * instruction (deq_packed4).
  *
- * Work and pipeline. Persistent blocks of 8 warps (at most two per
- * multiprocessor, those that run at once) take 16-row tiles b, b + gridDim.x,
- * ...; warp w takes the chunks w, w+8, ... of each tile, one sequence of items
- * across its block's tiles, with the codes (and scales) of STAGES items in
- * flight (gemv_stages: 4 for <= 4 bits, 3 for 5-6 bits, 2 for 7-8 bits, 3 for
- * M > 8; one fewer in the factored mode), so the next tile's first loads
- * overlap the end of this one. For M <= 8 the x fragment of the next item is
- * loaded one ahead as well (x is small and mostly hits L2). At a tile's end the
- * warps' partial sums meet in shared memory (deterministic warp order), and warp
- * nt < NT adds the bias and the SVD branch in fp32 and rounds y once. Invalid
- * rows (n >= N), tokens (m >= M) and k's (past K) contribute zeros: every lane
- * runs every mma.sync, which is warp-collective.
+ * Work and pipeline: split-K over persistent blocks (stream-K). The rows are
+ * cut into row groups of 8 tiles (128 rows), K into chunks of 128, and the
+ * items (row group, chunk), row-group-major, into equal contiguous ranges, one
+ * per block of 8 warps (at most two blocks per multiprocessor, those that run
+ * at once): every block gets the same work whatever N and K, and narrow N still
+ * fills the GPU. Warp w owns tile w of each row group and walks its block's
+ * items in order with the codes (and scales) of STAGES items in flight
+ * (gemv_stages: 4 for <= 4 bits, 3 for 5-6 bits, 2 for 7-8 bits, 3 for M > 8;
+ * one fewer in the factored mode), across row-group boundaries; the block's
+ * warps read the same x chunk together (one L2 read, the rest from L1). For M
+ * <= 8 the x fragment of the next item is loaded one ahead as well. Where its
+ * run of a row group ends, a warp writes its partial sums to the caller's work
+ * buffer (segment block + row group) - the warps never wait for one another.
+ * gemv_finish_kernel then sums each tile's segments in block order
+ * (deterministic for a given grid), adds the bias and the SVD branch in fp32
+ * and rounds y once. Invalid rows (n >= N), tokens (m >= M) and k's (past K)
+ * contribute zeros: every lane runs every mma.sync, which is warp-collective.
  *
  * SVD branch. lowrank_kernel (lowrank_t_kernel for sdnq's column-major factor)
  * first computes t = x @ down^T in fp32 as partial sums over up to 128 k ranges
  * (blocks per rank group, k range and group of 4 tokens, so a rank of 32 still
  * fills the GPU), lowrank_reduce_kernel sums the ranges in order into t once,
- * and each GEMV tile adds t @ up^T on the tensor cores (t rounded to x's dtype,
- * as sdnq's own path rounds it; up rows asked of L1 a tile ahead). The launcher
- * runs them on the caller's stream, in that order; on sm_90+ each is a
- * programmatic dependent launch (PDL) of the one before: the GEMV streams its
- * weight while they run and waits for t (griddepcontrol.wait) only at its first
- * tile's end.
+ * and the finishing kernel adds t @ up^T per tile on the tensor cores (t
+ * rounded to x's dtype, as sdnq's own path rounds it). The launcher runs the
+ * four on the caller's stream, in that order; on sm_90+ each is a programmatic
+ * dependent launch (PDL) of the one before: the GEMV streams its weight while
+ * the low-rank kernels run and waits for them (griddepcontrol.wait) only as it
+ * ends, so that its end implies theirs for the finishing kernel.
  *
  * Assumes (checked by the launcher, else the caller falls back to dequantize +
  * GEMM): 2 <= bits <= 8 (packed or 8-bit native), K % 32 == 0, quantization
@@ -77,7 +82,9 @@ namespace sdnq_cuda {
 
 constexpr int GEMV_WARPS = 8;
 constexpr int GEMV_THREADS = 32 * GEMV_WARPS;
-constexpr int GEMV_ROWS = 16;                    /* weight rows per block (one m16 tile) */
+constexpr int GEMV_ROWS = 16;                    /* weight rows per warp (one m16 tile)   */
+constexpr int GEMV_GROUP = GEMV_WARPS * GEMV_ROWS; /* rows per row group (a block's warps)  */
+constexpr int GEMV_FRAG = 4 * 32;                /* floats of one warp's m16n8 accumulators */
 constexpr int GEMV_CODES = 32;                   /* consecutive k's per thread per chunk */
 constexpr int GEMV_CHUNK = 4 * GEMV_CODES;       /* k's per warp per chunk               */
 /* chunks of codes in flight per warp (the persistent loop keeps them in flight across tiles):
@@ -113,6 +120,10 @@ struct GemvArgs {
     float magic_sub;
     /* the packed decode (deq_packed4): the pair (m - min, m - min) in x's dtype, m its magic base */
     uint32_t off2;
+    /* split-K (gemv_kernel): items = row groups * nch, ipb items per block, the blocks' partial
+     * sums in work (segment b + gi: GEMV_WARPS * NT * GEMV_FRAG floats each) */
+    int32_t nch, ipb, items;
+    float *work;
     /* SVD epilogue: y[m, n] += sum_j lowrank[m*rank + j] * up[n*us0 + j*us1] */
     int32_t rank;
     const float *lowrank;
@@ -208,55 +219,74 @@ __device__ __forceinline__ void load_x32(const uint16_t *p, bool valid, uint32_t
     }
 }
 
-/* this thread's first k in a chunk (32-bit: the launcher keeps K + GEMV_CHUNK below 2^31) */
-__device__ __forceinline__ int chunk_k(int64_t chunk, int t) { return (int)chunk * GEMV_CHUNK + t * GEMV_CODES; }
+/* Where one warp's loads of a row group start, set once per row group so that each item's
+ * loads need only 32-bit offsets: per weight row h (g and g + 8 of the warp's tile) its codes,
+ * its first scale and zero point, and whether it exists (a row past N reads row 0 and gets a
+ * zero scale and zero point: its sums are never stored). The launcher keeps the offsets within
+ * a row (gpr * ss, gpr * zs, rowb) below 2^31. */
+struct GemvRows {
+    const uint8_t *c[2];
+    const char *s[2], *z[2];
+    bool v[2];
+};
 
-template <int BITS, int SDT>
-__device__ __forceinline__ void gemv_load_stage(const GemvArgs &a, int64_t chunk, int64_t nchunks, int n0, int g,
-                                                int t, GemvStage<BITS> &st) {
-    /* the group of k from a multiply-high by ceil(2^64 / gk) (exact for every k < 2^32) */
-    const int kb = chunk_k(chunk, t);
-    const bool cv = chunk < nchunks, kv = cv && kb < a.K;
-    const int kg = kv ? kb : chunk_k(chunk, 0);
-    const int64_t gi = cv ? (int64_t)__umul64hi((unsigned long long)(uint32_t)kg, a.gmagic) : 0;
-    const int n = n0 + g;
-    const uint8_t *row = (const uint8_t *)a.codes + (int64_t)n * a.rowb + (kb >> 3) * BITS;
-    const int64_t grp = (int64_t)n * a.gpr + gi;
+template <int SDT> __device__ __forceinline__ void gemv_set_rows(const GemvArgs &a, int n, GemvRows &r) {
+    constexpr int ESZ = SDT == SDNQ_DT_F32 ? 4 : 2;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        if (cv && n + 8 * h < a.N) {
-            /* k's past K (x is zero there): zero codes, and the scale of the chunk's first k,
-             * which the factored mode applies to the sums of all four threads of the chunk */
-            if (kv) {
-                load_codes32<BITS>(row + 8 * h * a.rowb, st.w[h]);
-            } else {
+        r.v[h] = n + 8 * h < a.N;
+        const int64_t nn = r.v[h] ? n + 8 * h : 0;
+        r.c[h] = (const uint8_t *)a.codes + nn * a.rowb;
+        r.s[h] = (const char *)a.scale + nn * a.gpr * a.ss * ESZ;
+        r.z[h] = a.asym ? (const char *)a.zp + nn * a.gpr * a.zs * ESZ : NULL;
+    }
+}
+
+/* the codes, scales and zero points of chunk `chunk` (< nch) of the rows r, or zeros with zero
+ * scale and zero point (valid = false: past the block's items; exact zeros for every type taken) */
+template <int BITS, int SDT>
+__device__ __forceinline__ void gemv_load_stage(const GemvArgs &a, const GemvRows &r, int chunk, bool valid, int t,
+                                                GemvStage<BITS> &st) {
+    if (!valid) { /* warp-uniform */
 #pragma unroll
-                for (int i = 0; i < BITS; i++) st.w[h][i] = 0;
-            }
-            const int64_t gh = grp + 8 * h * (int64_t)a.gpr;
-            st.s[h] = ld_float<SDT>(a.scale, gh * a.ss);
-            st.z[h] = a.asym ? ld_float<SDT>(a.zp, gh * a.zs) : 0.0f;
-        } else { /* zero codes with zero scale and zero point: exact zeros for every type taken */
+        for (int h = 0; h < 2; h++) {
 #pragma unroll
             for (int i = 0; i < BITS; i++) st.w[h][i] = 0;
             st.s[h] = 0.0f;
             st.z[h] = 0.0f;
         }
+        return;
+    }
+    const int kc = chunk * GEMV_CHUNK, kb = kc + t * GEMV_CODES;
+    const bool kv = kb < a.K;
+    /* the group of k from a multiply-high by ceil(2^64 / gk) (exact for every k < 2^32); k's
+     * past K (x is zero there) get zero codes and the scale of the chunk's first k, which the
+     * factored mode applies to the sums of all four threads of the chunk */
+    const int gi = (int)__umul64hi((unsigned long long)(uint32_t)(kv ? kb : kc), a.gmagic);
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        if (r.v[h] && kv) {
+            load_codes32<BITS>(r.c[h] + (kb >> 3) * BITS, st.w[h]);
+        } else {
+#pragma unroll
+            for (int i = 0; i < BITS; i++) st.w[h][i] = 0;
+        }
+        st.s[h] = r.v[h] ? ld_float<SDT>(r.s[h], gi * (int)a.ss) : 0.0f;
+        st.z[h] = r.v[h] && a.asym ? ld_float<SDT>(r.z[h], gi * (int)a.zs) : 0.0f;
     }
 }
 
-/* x fragments of this thread's tokens (g, and g + 8 when NT == 2) for a chunk; for the packed
- * decode the pairs of each unit of 8 k's are regrouped as its weight registers are:
- * (x0,x4), (x1,x5), (x2,x6), (x3,x7) */
+/* x fragments of this thread's tokens (g, and g + 8 when NT == 2; xr their rows, or NULL past
+ * M) for chunk `chunk`, zeros when valid is false; for the packed decode the pairs of each unit
+ * of 8 k's are regrouped as its weight registers are: (x0,x4), (x1,x5), (x2,x6), (x3,x7) */
 template <int NT, bool PACKED>
-__device__ __forceinline__ void gemv_load_x(const GemvArgs &a, int64_t chunk, int64_t nchunks, int g, int t,
-                                            uint32_t (&x)[NT][16]) {
-    const int kb = chunk_k(chunk, t);
-    const bool kv = chunk < nchunks && kb < a.K;
+__device__ __forceinline__ void gemv_load_x(const GemvArgs &a, const uint16_t *const (&xr)[NT], int chunk, bool valid,
+                                            int t, uint32_t (&x)[NT][16]) {
+    const int kb = chunk * GEMV_CHUNK + t * GEMV_CODES;
+    const bool kv = valid && kb < a.K;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
-        const int m = nt * 8 + g;
-        load_x32((const uint16_t *)a.x + (int64_t)m * a.ldx + kb, kv && m < a.M, x[nt]);
+        load_x32(xr[nt] + kb, kv && xr[nt] != NULL, x[nt]);
         if constexpr (PACKED) {
 #pragma unroll
             for (int u = 0; u < 4; u++) {
@@ -371,7 +401,8 @@ __device__ __forceinline__ void gemv_compute_t(const GemvArgs &a, const float *l
                                                float (&acc)[gemv_accs<NT>::value][NT][4]) {
     constexpr int A1 = gemv_accs<NT>::value - 1; /* the second MMA's set */
     constexpr uint32_t ONES = XDT == SDNQ_DT_BF16 ? 0x3F803F80u : 0x3C003C00u;
-    float cs[FACT ? gemv_accs<NT>::value : 1][NT][4] = {}, xs[FACT && ASYM ? NT : 1][4] = {};
+    /* chunk sums and (zero point) sums of x, each in two sets: two independent MMA chains */
+    float cs[FACT ? gemv_accs<NT>::value : 1][NT][4] = {}, xs[FACT && ASYM ? 2 : 1][FACT && ASYM ? NT : 1][4] = {};
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         uint32_t p[2][4];
@@ -383,8 +414,8 @@ __device__ __forceinline__ void gemv_compute_t(const GemvArgs &a, const float *l
             mma16816<XDT>(c0, p[0][0], p[1][0], p[0][1], p[1][1], x[nt][4 * u], x[nt][4 * u + 1]);
             mma16816<XDT>(c1, p[0][2], p[1][2], p[0][3], p[1][3], x[nt][4 * u + 2], x[nt][4 * u + 3]);
             if constexpr (FACT && ASYM) {
-                mma16816<XDT>(xs[nt], ONES, ONES, ONES, ONES, x[nt][4 * u], x[nt][4 * u + 1]);
-                mma16816<XDT>(xs[nt], ONES, ONES, ONES, ONES, x[nt][4 * u + 2], x[nt][4 * u + 3]);
+                mma16816<XDT>(xs[0][nt], ONES, ONES, ONES, ONES, x[nt][4 * u], x[nt][4 * u + 1]);
+                mma16816<XDT>(xs[FACT && ASYM ? 1 : 0][nt], ONES, ONES, ONES, ONES, x[nt][4 * u + 2], x[nt][4 * u + 3]);
             }
         }
     }
@@ -395,7 +426,9 @@ __device__ __forceinline__ void gemv_compute_t(const GemvArgs &a, const float *l
             for (int q = 0; q < 4; q++) {
                 const float v = A1 ? __fadd_rn(cs[0][nt][q], cs[A1][nt][q]) : cs[0][nt][q];
                 acc[0][nt][q] = __fmaf_rn(v, st.s[q >> 1], acc[0][nt][q]);
-                if constexpr (ASYM) acc[0][nt][q] = __fmaf_rn(xs[nt][q], st.z[q >> 1], acc[0][nt][q]);
+                if constexpr (ASYM)
+                    acc[0][nt][q] = __fmaf_rn(__fadd_rn(xs[0][nt][q], xs[FACT && ASYM ? 1 : 0][nt][q]), st.z[q >> 1],
+                                              acc[0][nt][q]);
             }
     }
 }
@@ -411,8 +444,7 @@ __device__ __forceinline__ void gemv_compute(const GemvArgs &a, const float *lut
 /* The SVD branch of one tile, on the tensor cores: A = up (the tile's 16 rows, ranks along k),
  * B = t^T (t = x @ down^T from the low-rank kernels, rounded to x's dtype as sdnq's own path
  * rounds it), fp32 accumulation; 16 ranks per MMA. c[q] += sum over ranks of up[row q][j] *
- * t[token q][j] for the warp's token tile nt. The tile's up rows were prefetched into the
- * caches a tile ahead (gemv_prefetch_tile). */
+ * t[token q][j] for the warp's token tile nt. */
 template <int XDT>
 __device__ __forceinline__ void svd_tile(const GemvArgs &a, int n0, int nt, int g, int t, float (&c)[4]) {
     const int m = nt * 8 + g; /* B column g: token m */
@@ -440,9 +472,103 @@ __device__ __forceinline__ void svd_tile(const GemvArgs &a, int n0, int nt, int 
     }
 }
 
-/* asks the caches for the epilogue operands of the tile at row n0 (its bias and up rows) */
-__device__ __forceinline__ void gemv_prefetch_tile(const GemvArgs &a, int n0, int lane) {
-    if (a.bias != NULL && lane == 0) prefetch_l1((const unsigned short *)a.bias + n0);
+/* Split-K over persistent blocks (stream-K): the work is the sequence of items (row group gi of
+ * GEMV_WARPS tiles, chunk c), gi-major, and block b takes the items [b * ipb, (b + 1) * ipb).
+ * Warp w owns tile w of each row group and walks the block's items in order, with the codes of
+ * the next STAGES items in flight across row-group boundaries; all warps of a block read the
+ * same x chunk at once (L1 serves seven of them). Where a row group's run of items ends (or the
+ * block's range does), the warp writes its partial sums to the work buffer, segment b + gi
+ * (unique: each next segment raises b or gi or both), and starts again from zero. No barriers:
+ * the warps never meet. gemv_finish_kernel sums the segments of each tile in block order. */
+template <int BITS, int XDT, int SDT, int NT, int DEC, bool FACT>
+__global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a) {
+    __shared__ float lut[DEC == DEC_LUT ? 1 << BITS : 1];
+    if constexpr (DEC == DEC_LUT) {
+        build_lut(lut, a.t, SDT);
+        __syncthreads();
+    }
+    grid_dependency_trigger(); /* the finishing kernel may launch; it waits for this grid's end */
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    constexpr bool PACKED = gemv_packed<BITS, DEC, FACT>::value;
+    /* the factored mode's chunk sums take registers: one stage fewer there */
+    constexpr int STAGES = gemv_stages<BITS, NT>::value - (FACT && gemv_stages<BITS, NT>::value > 2 ? 1 : 0);
+    constexpr int A1 = gemv_accs<NT>::value - 1;
+    const int C = a.nch;
+    const int lo = (int)blockIdx.x * a.ipb;
+    const int n_items = a.items - lo < a.ipb ? a.items - lo : a.ipb;
+    auto tile_n0 = [&](int gi) { return (gi * GEMV_WARPS + warp) * GEMV_ROWS; };
+
+    /* the next item to load: its index in the block's range, row group, chunk */
+    int il = 0, gl = lo / C, kl = lo - gl * C;
+    int gc = gl, kc = kl; /* the item computed */
+    GemvRows rows;
+    gemv_set_rows<SDT>(a, tile_n0(gl) + g, rows);
+    auto load_next = [&](GemvStage<BITS> &stage) {
+        gemv_load_stage<BITS, SDT>(a, rows, kl, il < n_items, t, stage);
+        il++;
+        if (++kl == C) {
+            kl = 0, gl++;
+            gemv_set_rows<SDT>(a, tile_n0(gl) + g, rows);
+        }
+    };
+    GemvStage<BITS> st[STAGES];
+#pragma unroll
+    for (int s = 0; s < STAGES; s++) load_next(st[s]);
+    const uint16_t *xr[NT]; /* this thread's token rows of x */
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) xr[nt] = nt * 8 + g < a.M ? (const uint16_t *)a.x + (nt * 8 + g) * a.ldx : NULL;
+    constexpr bool XPF = NT == 1; /* x one chunk ahead (registers allowing) */
+    uint32_t xc[NT][16];
+    if constexpr (XPF) gemv_load_x<NT, PACKED>(a, xr, kc, true, t, xc);
+
+    float acc[gemv_accs<NT>::value][NT][4] = {};
+    auto flush = [&]() { /* this warp's partial sums of the segment (block, row group gc) */
+        float *p = a.work + (((int64_t)blockIdx.x + gc) * GEMV_WARPS + warp) * NT * GEMV_FRAG + lane;
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                p[(nt * 4 + q) * 32] = A1 ? __fadd_rn(acc[0][nt][q], acc[A1][nt][q]) : acc[0][nt][q];
+                acc[0][nt][q] = 0.0f;
+                acc[A1][nt][q] = 0.0f;
+            }
+    };
+    for (int i0 = 0; i0 < n_items; i0 += STAGES) {
+#pragma unroll
+        for (int s = 0; s < STAGES; s++) {
+            const int i = i0 + s;
+            if (i >= n_items) break; /* warp-uniform */
+            if constexpr (XPF) {
+                /* x of the next item: the next chunk, or the next row group's first */
+                uint32_t xn[NT][16];
+                gemv_load_x<NT, PACKED>(a, xr, kc + 1 < C ? kc + 1 : 0, i + 1 < n_items, t, xn);
+                gemv_compute<BITS, XDT, SDT, NT, DEC, FACT>(a, lut, st[s], xc, acc);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+                    for (int j = 0; j < 16; j++) xc[nt][j] = xn[nt][j];
+            } else {
+                gemv_load_x<NT, PACKED>(a, xr, kc, true, t, xc);
+                gemv_compute<BITS, XDT, SDT, NT, DEC, FACT>(a, lut, st[s], xc, acc);
+            }
+            load_next(st[s]);
+            if (++kc == C) {
+                flush();
+                kc = 0, gc++;
+            } else if (i + 1 == n_items) {
+                flush();
+            }
+        }
+    }
+    /* this grid ends after the low-rank kernels it was launched behind (the finishing kernel,
+     * its programmatic dependent, waits for this grid only) */
+    if (a.rank > 0) grid_dependency_wait();
+}
+
+/* asks L1 for the tile's up rows (the SVD branch's operand, ready before the kernels this one
+ * waits for have ended) */
+__device__ __forceinline__ void gemv_prefetch_up(const GemvArgs &a, int n0, int lane) {
     if (a.rank <= 0) return;
     const int esz = a.up_dtype == SDNQ_DT_F32 ? 4 : 2; /* F32, BF16 or F16 (checked by the launcher) */
     if (a.us0 == 1) { /* column-major (sdnq's): per rank, the tile's 16 rows are contiguous */
@@ -452,29 +578,41 @@ __device__ __forceinline__ void gemv_prefetch_tile(const GemvArgs &a, int n0, in
     }
 }
 
-/* Persistent blocks: block b takes the row tiles b, b + gridDim.x, ... Each warp walks one
- * sequence of (tile, chunk) items - its chunks warp, warp + 8, ... of each of its block's tiles
- * in turn - with the codes of the next STAGES items in flight, across tile boundaries, so the
- * next tile's first loads overlap this tile's end. At the end of a tile every warp leaves its
- * partial sums in shared memory (two buffers, by tile parity), one barrier, and warp nt < NT
- * sums token tile nt over the warps in warp order, adds the SVD branch and the bias (asked of
- * the caches a tile ahead) and writes y. */
-template <int XDT, int NT>
-__device__ __forceinline__ void gemv_tile_end(const GemvArgs &a, float (&part)[2][GEMV_WARPS][NT][4][32], int par,
-                                              int n0, int next_n0, int warp, int lane) {
-    __syncthreads();
-    if (warp >= NT) return;
-    const int nt = warp, g = lane / 4, t = lane % 4;
-    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+/* Tile blockIdx.x of y: the sum of its segments' partial sums in block order (deterministic),
+ * + the SVD branch on the tensor cores + bias, one rounding. Warp nt takes token tile nt. A
+ * programmatic dependent of gemv_kernel: bias and up rows first, then it waits for the partial
+ * sums. */
+template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT) gemv_finish_kernel(const GemvArgs a) {
+    const int tile = blockIdx.x, nt = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const int gi = tile / GEMV_WARPS, w = tile % GEMV_WARPS, n0 = tile * GEMV_ROWS;
+    /* the blocks whose item ranges meet row group gi */
+    const int b0 = gi * a.nch / a.ipb, b1 = ((gi + 1) * a.nch - 1) / a.ipb;
+    float bias[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int q = 0; q < 4; q++)
-#pragma unroll
-        for (int w = 0; w < GEMV_WARPS; w++) sum[q] = __fadd_rn(sum[q], part[par][w][nt][q][lane]);
-    float lr[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (a.rank > 0) {
-        grid_dependency_wait(); /* the low-rank kernels' results (launched as their dependent) */
-        svd_tile<XDT>(a, n0, nt, g, t, lr);
+    for (int q = 0; q < 4; q++) {
+        const int n = n0 + g + (q >= 2 ? 8 : 0);
+        if (a.bias != NULL && n < a.N) bias[q] = unpack1<XDT>(__ldg((const unsigned short *)a.bias + n));
     }
+    gemv_prefetch_up(a, n0, lane);
+    grid_dependency_wait();
+    /* the segments b0..b1, FIN_UNROLL loads in flight per accumulator, summed in block order */
+    constexpr int FIN_UNROLL = 4;
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    const float *p0 = a.work + (((int64_t)b0 + gi) * GEMV_WARPS + w) * NT * GEMV_FRAG + nt * GEMV_FRAG + lane;
+    const int64_t seg = (int64_t)GEMV_WARPS * NT * GEMV_FRAG; /* floats from one segment to the next */
+    for (int b = 0; b <= b1 - b0; b += FIN_UNROLL) {
+        float v[FIN_UNROLL][4];
+#pragma unroll
+        for (int u = 0; u < FIN_UNROLL; u++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) v[u][q] = b + u <= b1 - b0 ? p0[(b + u) * seg + q * 32] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < FIN_UNROLL; u++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) sum[q] = __fadd_rn(sum[q], v[u][q]);
+    }
+    float lr[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (a.rank > 0) svd_tile<XDT>(a, n0, nt, g, t, lr);
 #pragma unroll
     for (int q = 0; q < 4; q++) {
         /* accumulator q holds C[row][token]: row = g (+8 for q >= 2), token = 2t (+1 for odd q) */
@@ -482,94 +620,9 @@ __device__ __forceinline__ void gemv_tile_end(const GemvArgs &a, float (&part)[2
         const int m = nt * 8 + 2 * t + (q & 1);
         if (m < a.M && n < a.N) {
             float v = sum[q];
-            if (a.bias != NULL) v = __fadd_rn(v, unpack1<XDT>(__ldg((const unsigned short *)a.bias + n)));
+            if (a.bias != NULL) v = __fadd_rn(v, bias[q]);
             if (a.rank > 0) v = __fadd_rn(v, lr[q]);
             ((uint16_t *)a.y)[(int64_t)m * a.ldy + n] = (uint16_t)bits16<XDT>(v);
-        }
-    }
-    if (next_n0 >= 0) gemv_prefetch_tile(a, next_n0, lane);
-}
-
-template <int BITS, int XDT, int SDT, int NT, int DEC, bool FACT>
-__global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a) {
-    __shared__ float lut[DEC == DEC_LUT ? 1 << BITS : 1];
-    __shared__ float part[2][GEMV_WARPS][NT][4][32];
-    if constexpr (DEC == DEC_LUT) {
-        build_lut(lut, a.t, SDT);
-        __syncthreads();
-    }
-
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    constexpr bool PACKED = gemv_packed<BITS, DEC, FACT>::value;
-    /* the factored mode's chunk sums take registers: one stage fewer there */
-    constexpr int STAGES = gemv_stages<BITS, NT>::value - (FACT && gemv_stages<BITS, NT>::value > 2 ? 1 : 0);
-    constexpr int A1 = gemv_accs<NT>::value - 1;
-    const int64_t nchunks = (a.K + GEMV_CHUNK - 1) / GEMV_CHUNK;
-    const int tiles = (a.N + GEMV_ROWS - 1) / GEMV_ROWS;
-    const int my_tiles = (int)blockIdx.x < tiles ? (tiles - 1 - (int)blockIdx.x) / (int)gridDim.x + 1 : 0;
-    const int cnt = warp < nchunks ? (int)((nchunks - 1 - warp) / GEMV_WARPS) + 1 : 0; /* chunks per tile */
-    const int64_t items = (int64_t)cnt * my_tiles;
-    auto tile_n0 = [&](int j) { return j < my_tiles ? ((int)blockIdx.x + j * (int)gridDim.x) * GEMV_ROWS : -1; };
-
-    if (warp < NT && my_tiles > 0) gemv_prefetch_tile(a, tile_n0(0), lane);
-
-    /* items in flight: the one computed (jc, kc), the x prefetch one ahead, the codes STAGES ahead */
-    int jl = 0, kl = 0; /* the next item to load: tile index, chunk index within the warp's chunks */
-    auto load_next = [&](GemvStage<BITS> &stage) {
-        const bool v = jl < my_tiles;
-        gemv_load_stage<BITS, SDT>(a, v ? warp + (int64_t)kl * GEMV_WARPS : nchunks, nchunks, v ? tile_n0(jl) : 0,
-                                   g, t, stage);
-        if (++kl == cnt) kl = 0, jl++;
-    };
-    GemvStage<BITS> st[STAGES];
-#pragma unroll
-    for (int s = 0; s < STAGES; s++) load_next(st[s]);
-    constexpr bool XPF = NT == 1; /* x one chunk ahead (registers allowing) */
-    uint32_t xc[NT][16];
-    if constexpr (XPF) gemv_load_x<NT, PACKED>(a, cnt > 0 ? warp : nchunks, nchunks, g, t, xc);
-
-    float acc[gemv_accs<NT>::value][NT][4] = {};
-    int jc = 0, kc = 0; /* the item computed */
-    auto end_tile = [&]() {
-#pragma unroll
-        for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-            for (int q = 0; q < 4; q++) {
-                part[jc & 1][warp][nt][q][lane] = A1 ? __fadd_rn(acc[0][nt][q], acc[A1][nt][q]) : acc[0][nt][q];
-                acc[0][nt][q] = 0.0f;
-                acc[A1][nt][q] = 0.0f;
-            }
-        gemv_tile_end<XDT, NT>(a, part, jc & 1, tile_n0(jc), tile_n0(jc + 1), warp, lane);
-    };
-
-    if (cnt == 0) { /* more warps than chunks: this warp only meets the tiles' barriers */
-        for (; jc < my_tiles; jc++) end_tile();
-        return;
-    }
-    for (int64_t i0 = 0; i0 < items; i0 += STAGES) {
-#pragma unroll
-        for (int s = 0; s < STAGES; s++) {
-            if (i0 + s >= items) break; /* warp-uniform */
-            const int64_t c = warp + (int64_t)kc * GEMV_WARPS;
-            if constexpr (XPF) {
-                /* x of the next item: the next chunk, or this warp's first chunk of the next tile */
-                const int64_t cn = kc + 1 < cnt ? c + GEMV_WARPS : warp;
-                uint32_t xn[NT][16];
-                gemv_load_x<NT, PACKED>(a, i0 + s + 1 < items ? cn : nchunks, nchunks, g, t, xn);
-                gemv_compute<BITS, XDT, SDT, NT, DEC, FACT>(a, lut, st[s], xc, acc);
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int i = 0; i < 16; i++) xc[nt][i] = xn[nt][i];
-            } else {
-                gemv_load_x<NT, PACKED>(a, c, nchunks, g, t, xc);
-                gemv_compute<BITS, XDT, SDT, NT, DEC, FACT>(a, lut, st[s], xc, acc);
-            }
-            load_next(st[s]);
-            if (++kc == cnt) {
-                end_tile();
-                kc = 0, jc++;
-            }
         }
     }
 }
@@ -688,9 +741,9 @@ template <int XDT> __global__ void __launch_bounds__(LR_THREADS) lowrank_t_kerne
             if (lane < 4) red[warp][lane][mm][i] = v;
         }
     __syncthreads();
-    { /* thread tid < 4*LR_TOKENS*8 writes (chunk, token, rank) */
-        const int cc = tid / (LR_TOKENS * 8), mm = (tid / 8) % LR_TOKENS, i = tid % 8, j = blockIdx.x * LR_TRANKS + cc * 8 + i;
-        if (tid < 4 * LR_TOKENS * 8 && m0 + mm < a.M && j < a.rank) {
+    for (int e = tid; e < 4 * LR_TOKENS * 8; e += LR_THREADS) { /* output e: (chunk, token, rank) */
+        const int cc = e / (LR_TOKENS * 8), mm = (e / 8) % LR_TOKENS, i = e % 8, j = blockIdx.x * LR_TRANKS + cc * 8 + i;
+        if (m0 + mm < a.M && j < a.rank) {
             float sum = 0.0f;
             for (int w = 0; w < LR_THREADS / 32; w++) sum = __fadd_rn(sum, red[w][cc][mm][i]);
             a.t[((int64_t)sp * a.M + m0 + mm) * a.rank + j] = sum;

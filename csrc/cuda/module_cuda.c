@@ -25,9 +25,10 @@
  *     def gemv(type, M, N, K, x, x_dtype, x_numel, ldx, y, y_numel, ldy, bias, bias_numel,
  *              codes, codes_bytes, red, scale, scale_dtype, scale_numel, scale_stride,
  *              zp, zp_numel, zp_stride, rank, up, up_dtype, up_numel, us0, us1,
- *              down, down_dtype, down_numel, ds0, ds1, lowrank, lowrank_numel, stream) -> int
- *                                              # 0: launched; else the refusal's status (nothing ran)
+ *              down, down_dtype, down_numel, ds0, ds1, lowrank, lowrank_numel, work, work_numel,
+ *              stream) -> int                  # 0: launched; else the refusal's status (nothing ran)
  *     def gemv_supported(<the same arguments>) -> int   # 0 (OK) or the status gemv would return
+ *     def gemv_work_floats(M, N) -> int        # gemv's work_numel for its full grid on this device
  *     def quantize_rows(x, x_dtype, rows, cols, ldx, x_numel, q, q_dtype, q_numel,
  *                       scale, scale_numel, stream) -> None
  *     def scale_epilogue(M, N, acc, acc_dtype, acc_numel, a_scale, a_scale_numel, b_scale,
@@ -117,7 +118,7 @@ static PyObject *hadamard(PyObject *module, PyObject *const *args, Py_ssize_t na
     DONE("hadamard", sdnq_cuda_hadamard(PTR(a[0]), (int32_t)a[1], a[2], a[3], a[4], a[5], (int32_t)a[6], PTR(a[7])));
 }
 
-#define GEMV_NARGS 37
+#define GEMV_NARGS 39
 
 static int gemv_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, sdnq_gemv_desc *d, void **stream) {
     int64_t a[GEMV_NARGS];
@@ -157,15 +158,18 @@ static int gemv_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
         .down_stride = {a[32], a[33]},
         .lowrank = (float *)PTR(a[34]),
         .lowrank_numel = a[35],
+        .work = (float *)PTR(a[36]),
+        .work_numel = a[37],
     };
-    *stream = PTR(a[36]);
+    *stream = PTR(a[38]);
     return 0;
 }
 
 PyDoc_STRVAR(gemv_doc, "gemv(type, M, N, K, x, x_dtype, x_numel, ldx, y, y_numel, ldy, bias, bias_numel, codes, "
                        "codes_bytes, red, scale, scale_dtype, scale_numel, scale_stride, zp, zp_numel, zp_stride, "
                        "rank, up, up_dtype, up_numel, us0, us1, down, down_dtype, down_numel, ds0, ds1, lowrank, "
-                       "lowrank_numel, stream) -> 0 when launched, else the status of the refusal (nothing ran)");
+                       "lowrank_numel, work, work_numel, stream) -> 0 when launched, else the status of the "
+                       "refusal (nothing ran)");
 
 /* validation and launch in one call: a refused descriptor returns its status (the
  * caller falls back to dequantize + GEMM); only a failed launch raises */
@@ -186,6 +190,17 @@ static PyObject *gemv_supported(PyObject *module, PyObject *const *args, Py_ssiz
     void *stream;
     if (gemv_args("gemv_supported", args, nargs, &d, &stream) < 0) return NULL;
     return PyLong_FromLong((long)sdnq_cuda_gemv_supported(&d));
+}
+
+PyDoc_STRVAR(gemv_work_floats_doc, "gemv_work_floats(M, N) -> the work_numel that gives gemv its full grid on the "
+                                   "current device");
+
+static PyObject *gemv_work_floats(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[2];
+    if (parse_i64("gemv_work_floats", args, nargs, 2, a) < 0) return NULL;
+    const int64_t n = sdnq_cuda_gemv_work_floats(a[0], a[1]);
+    if (n < 0) return raise_status(module, "gemv_work_floats", SDNQ_ERR_SIZE);
+    return PyLong_FromLongLong((long long)n);
 }
 
 PyDoc_STRVAR(quantize_rows_doc, "quantize_rows(x, x_dtype, rows, cols, ldx, x_numel, q, q_dtype, q_numel, scale, "
@@ -274,6 +289,7 @@ static PyMethodDef module_methods[] = {
     {"hadamard",       (PyCFunction)(void (*)(void))hadamard,       METH_FASTCALL, hadamard_doc},
     {"gemv",           (PyCFunction)(void (*)(void))gemv,           METH_FASTCALL, gemv_doc},
     {"gemv_supported", (PyCFunction)(void (*)(void))gemv_supported, METH_FASTCALL, gemv_supported_doc},
+    {"gemv_work_floats", (PyCFunction)(void (*)(void))gemv_work_floats, METH_FASTCALL, gemv_work_floats_doc},
     {"quantize_rows",  (PyCFunction)(void (*)(void))quantize_rows,  METH_FASTCALL, quantize_rows_doc},
     {"scale_epilogue", (PyCFunction)(void (*)(void))scale_epilogue, METH_FASTCALL, scale_epilogue_doc},
     {"lt_matmul",      (PyCFunction)(void (*)(void))lt_matmul,      METH_FASTCALL, lt_matmul_doc},

@@ -92,15 +92,28 @@ typedef struct sdnq_gemv_desc {
     int64_t down_numel, down_stride[2];
     float *lowrank;
     int64_t lowrank_numel;
+    /* caller scratch for the split-K partial sums, disjoint from lowrank: at
+     * least SDNQ_GEMV_WORK_FLOATS(M, N, 1) floats; with
+     * SDNQ_GEMV_WORK_FLOATS(M, N, 2 * multiprocessors) the kernel runs as many
+     * blocks as the GPU holds at once (it runs as many as the scratch allows) */
+    float *work;
+    int64_t work_numel;
 } sdnq_gemv_desc;
 
 #define SDNQ_GEMV_MAX_M 16
 #define SDNQ_GEMV_LOWRANK_SPLITS 128
+/* (blocks + row groups of 128 rows) segments of 128 rows x (8 or 16) tokens */
+#define SDNQ_GEMV_WORK_FLOATS(M, N, blocks) \
+    (((int64_t)(blocks) + ((int64_t)(N) + 127) / 128) * 128 * ((M) > 8 ? 16 : 8))
 
 /* SDNQ_OK when sdnq_cuda_gemv takes this descriptor (type, sizes and
  * alignment the fused kernel handles), else the status sdnq_cuda_gemv would
  * return; callers fall back to dequantize + GEMM. Host only, launches nothing. */
 SDNQ_API sdnq_status sdnq_cuda_gemv_supported(const sdnq_gemv_desc *d);
+/* The work_numel that lets sdnq_cuda_gemv run its full grid on the current
+ * device: SDNQ_GEMV_WORK_FLOATS(M, N, 2 * multiprocessors); -1 for sizes out
+ * of range. Host only. */
+SDNQ_API int64_t sdnq_cuda_gemv_work_floats(int64_t M, int64_t N);
 /* Dequantizes W in registers (the values sdnq_cuda_dequantize writes for
  * out dtype x_dtype) and multiplies on the tensor cores, fp32 accumulation.
  * With rank > 0, the low-rank product is launched first (as partial sums over
