@@ -152,6 +152,7 @@ def test_emu_dequant_svd(emu, name, case):
 def test_emu_gemv_svd(emu, name, M):
     T.test_gemv_svd(name, M, M == 9, 72, 384, 128, 24)
     T.test_gemv_svd(name, M, M != 9, 40, 4096, 256, 2)
+    T.test_gemv_svd(name, M, M == 9, 56, 256, 128, 40)
 
 
 @pytest.mark.parametrize("shape", [(64, 384, 8), (37, 70, 3), (5, 700, 40)])

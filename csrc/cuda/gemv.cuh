@@ -445,29 +445,42 @@ __device__ __forceinline__ void gemv_compute(const GemvArgs &a, const float *lut
  * B = t^T (t = x @ down^T from the low-rank kernels, rounded to x's dtype as sdnq's own path
  * rounds it), fp32 accumulation; 16 ranks per MMA. c[q] += sum over ranks of up[row q][j] *
  * t[token q][j] for the warp's token tile nt. */
+template <int XDT> __device__ __forceinline__ void svd_up_frag(const GemvArgs &a, int n0, int j0, int g, int t,
+                                                               uint32_t (&r)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) { /* a0: row g, ranks 2t, 2t+1; a1: row g+8; a2/a3: ranks + 8 */
+        const int n = n0 + g + (i & 1) * 8, j = j0 + 2 * t + (i >> 1) * 8;
+        float v[2];
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+            v[e] = n < a.N && j + e < a.rank
+                       ? sdnq_load_float(a.up, (int64_t)n * a.us0 + (int64_t)(j + e) * a.us1, a.up_dtype)
+                       : 0.0f;
+        r[i] = pack2<XDT>(v[0], v[1]);
+    }
+}
+
+template <int XDT> __device__ __forceinline__ void svd_t_frag(const GemvArgs &a, int nt, int j0, int g, int t,
+                                                              uint32_t (&b)[2]) {
+    const int m = nt * 8 + g; /* B column g: token m */
+#pragma unroll
+    for (int i = 0; i < 2; i++) { /* b0: ranks 2t, 2t+1; b1: ranks 2t+8, 2t+9 */
+        const int j = j0 + 2 * t + i * 8;
+        const float *tp = a.lowrank + (int64_t)m * a.rank + j;
+        const bool mv = m < a.M;
+        b[i] = pack2<XDT>(mv && j < a.rank ? __ldg(tp) : 0.0f, mv && j + 1 < a.rank ? __ldg(tp + 1) : 0.0f);
+    }
+}
+
+/* ranks whose up fragments the finishing kernel holds in registers, loaded before it waits */
+constexpr int SVD_REG_RANKS = 32;
+
 template <int XDT>
 __device__ __forceinline__ void svd_tile(const GemvArgs &a, int n0, int nt, int g, int t, float (&c)[4]) {
-    const int m = nt * 8 + g; /* B column g: token m */
     for (int j0 = 0; j0 < a.rank; j0 += 16) {
         uint32_t r[4], b[2];
-#pragma unroll
-        for (int i = 0; i < 4; i++) { /* a0: row g, ranks 2t, 2t+1; a1: row g+8; a2/a3: ranks + 8 */
-            const int n = n0 + g + (i & 1) * 8, j = j0 + 2 * t + (i >> 1) * 8;
-            float v[2];
-#pragma unroll
-            for (int e = 0; e < 2; e++)
-                v[e] = n < a.N && j + e < a.rank
-                           ? sdnq_load_float(a.up, (int64_t)n * a.us0 + (int64_t)(j + e) * a.us1, a.up_dtype)
-                           : 0.0f;
-            r[i] = pack2<XDT>(v[0], v[1]);
-        }
-#pragma unroll
-        for (int i = 0; i < 2; i++) { /* b0: ranks 2t, 2t+1; b1: ranks 2t+8, 2t+9 */
-            const int j = j0 + 2 * t + i * 8;
-            const float *tp = a.lowrank + (int64_t)m * a.rank + j;
-            const bool mv = m < a.M;
-            b[i] = pack2<XDT>(mv && j < a.rank ? __ldg(tp) : 0.0f, mv && j + 1 < a.rank ? __ldg(tp + 1) : 0.0f);
-        }
+        svd_up_frag<XDT>(a, n0, j0, g, t, r);
+        svd_t_frag<XDT>(a, nt, j0, g, t, b);
         mma16816<XDT>(c, r[0], r[1], r[2], r[3], b[0], b[1]);
     }
 }
@@ -567,7 +580,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
 }
 
 /* asks L1 for the tile's up rows (the SVD branch's operand, ready before the kernels this one
- * waits for have ended) */
+ * waits for have ended): ranks above SVD_REG_RANKS */
 __device__ __forceinline__ void gemv_prefetch_up(const GemvArgs &a, int n0, int lane) {
     if (a.rank <= 0) return;
     const int esz = a.up_dtype == SDNQ_DT_F32 ? 4 : 2; /* F32, BF16 or F16 (checked by the launcher) */
@@ -580,8 +593,8 @@ __device__ __forceinline__ void gemv_prefetch_up(const GemvArgs &a, int n0, int 
 
 /* Tile blockIdx.x of y: the sum of its segments' partial sums in block order (deterministic),
  * + the SVD branch on the tensor cores + bias, one rounding. Warp nt takes token tile nt. A
- * programmatic dependent of gemv_kernel: bias and up rows first, then it waits for the partial
- * sums. */
+ * programmatic dependent of gemv_kernel: bias and up fragments first, then it waits for the
+ * partial sums and t, and issues their loads together. */
 template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT) gemv_finish_kernel(const GemvArgs a) {
     const int tile = blockIdx.x, nt = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int gi = tile / GEMV_WARPS, w = tile % GEMV_WARPS, n0 = tile * GEMV_ROWS;
@@ -593,8 +606,24 @@ template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT) gemv_finis
         const int n = n0 + g + (q >= 2 ? 8 : 0);
         if (a.bias != NULL && n < a.N) bias[q] = unpack1<XDT>(__ldg((const unsigned short *)a.bias + n));
     }
-    gemv_prefetch_up(a, n0, lane);
+    /* the SVD branch's up fragments (rank <= SVD_REG_RANKS: in registers; else asked of L1) */
+    constexpr int RS = SVD_REG_RANKS / 16;
+    uint32_t up[RS][4] = {};
+    const bool up_regs = a.rank <= SVD_REG_RANKS;
+    if (up_regs) {
+#pragma unroll
+        for (int s = 0; s < RS; s++)
+            if (16 * s < a.rank) svd_up_frag<XDT>(a, n0, 16 * s, g, t, up[s]);
+    } else {
+        gemv_prefetch_up(a, n0, lane);
+    }
     grid_dependency_wait();
+    uint32_t tb[RS][2] = {};
+    if (up_regs) { /* t (the low-rank kernels' result): its loads in flight with the segments' */
+#pragma unroll
+        for (int s = 0; s < RS; s++)
+            if (16 * s < a.rank) svd_t_frag<XDT>(a, nt, 16 * s, g, t, tb[s]);
+    }
     /* the segments b0..b1, FIN_UNROLL loads in flight per accumulator, summed in block order */
     constexpr int FIN_UNROLL = 4;
     float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -612,7 +641,13 @@ template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT) gemv_finis
             for (int q = 0; q < 4; q++) sum[q] = __fadd_rn(sum[q], v[u][q]);
     }
     float lr[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (a.rank > 0) svd_tile<XDT>(a, n0, nt, g, t, lr);
+    if (up_regs) {
+#pragma unroll
+        for (int s = 0; s < RS; s++)
+            if (16 * s < a.rank) mma16816<XDT>(lr, up[s][0], up[s][1], up[s][2], up[s][3], tb[s][0], tb[s][1]);
+    } else {
+        svd_tile<XDT>(a, n0, nt, g, t, lr);
+    }
 #pragma unroll
     for (int q = 0; q < 4; q++) {
         /* accumulator q holds C[row][token]: row = g (+8 for q >= 2), token = 2t (+1 for odd q) */
