@@ -425,6 +425,40 @@ def test_gemv_svd(name, M, strided, n_out, k_in, group, rank):
     assert bool((err <= bound).all()), f"{name} M={M}: max err {err.max().item()}"
 
 
+def test_gemv_scratch_checks(monkeypatch):
+    """the C launcher's checks of the caller scratch, through gemv_supported with the arguments of a
+    real call: no work buffer (NULL), too small a one (RANGE), one overlapping the low-rank
+    scratch by one float at either end (RANGE); the real arguments pass"""
+    t = dtypes.get("uint4")
+    gen = torch.Generator().manual_seed(3)
+    n_out, k_in, rank = 40, 256, 8
+    raw = to_dev(random_codes(t, n_out * k_in, gen))
+    scale, zp = (v.to(DEV) for v in random_side(t, (n_out * 2, 128, 1), F32, gen))
+    up = (torch.randn(n_out, rank, generator=gen) * 0.1).to(BF16).to(DEV)
+    down = (torch.randn(rank, k_in, generator=gen) * 0.1).to(BF16).to(DEV)
+    x = torch.randn(1, k_in, generator=gen).to(BF16).to(DEV)
+    seen = []
+    real_call = kernels._cuda_call
+    monkeypatch.setattr(kernels, "_cuda_call", lambda fn, like, *args: seen.append(args) or real_call(fn, like, *args))
+    assert kernels.gemv(t, raw, scale, zp, (n_out * 2, 128, 1), x, None, n_out, up, down) is not None
+    args = list(seen[0])
+    LOWRANK, LOWRANK_N, WORK, WORK_N = 34, 35, 36, 37
+    assert args[WORK_N] >= 2 * 128 * 8 and args[LOWRANK] == args[WORK] + 4 * args[WORK_N]
+
+    def status(**change):
+        a = list(args)
+        for k, v in change.items():
+            a[{"lowrank": LOWRANK, "work": WORK, "work_numel": WORK_N}[k]] = v
+        return kernels._C_cuda.gemv_supported(*a, 0)
+
+    assert status() == 0
+    assert status(work=0) == 1  # SDNQ_ERR_NULL
+    assert status(work_numel=128 * 8 * 2 - 1) == 4  # one row group needs two segments: SDNQ_ERR_RANGE
+    assert status(work_numel=args[WORK_N] + 1) == 4  # its last float is lowrank's first
+    assert status(work=args[LOWRANK] + 4 * args[LOWRANK_N] - 4) == 4  # its first float is lowrank's last
+    assert status(work=args[LOWRANK] + 4 * args[LOWRANK_N]) == 0  # right after lowrank
+
+
 def test_gemv_refuses_and_linear_falls_back():
     t = dtypes.get("uint4")
     gen = torch.Generator().manual_seed(0)

@@ -185,6 +185,10 @@ def test_emu_gemv_work_buffer(emu, M, monkeypatch):
     T.test_gemv_work_buffer(M, monkeypatch)
 
 
+def test_emu_gemv_scratch_checks(emu, monkeypatch):
+    T.test_gemv_scratch_checks(monkeypatch)
+
+
 def test_emu_gemv_refuses(emu):
     T.test_gemv_refuses_and_linear_falls_back()
 

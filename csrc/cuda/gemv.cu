@@ -112,8 +112,12 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
     if (d->work == NULL) return SDNQ_ERR_NULL;
     if (!aligned(d->work, 4)) return SDNQ_ERR_UNSUPPORTED;
     if (d->work_numel / gemv_segment_floats(d->M) - rgroups < 1) return SDNQ_ERR_RANGE;
-    if (d->rank > 0 && d->lowrank < d->work + d->work_numel && d->work < d->lowrank + d->lowrank_numel)
-        return SDNQ_ERR_RANGE; /* the two scratches overlap */
+    if (d->rank > 0) { /* the two scratches are disjoint (byte distances: no pointer overflow) */
+        const uintptr_t w = (uintptr_t)d->work, l = (uintptr_t)d->lowrank;
+        if (l >= w ? (uint64_t)(l - w) / sizeof(float) < (uint64_t)d->work_numel
+                   : (uint64_t)(w - l) / sizeof(float) < (uint64_t)d->lowrank_numel)
+            return SDNQ_ERR_RANGE;
+    }
 
     /* 16-byte vector loads of codes and x (row starts stay aligned: K % 32 == 0, ldx % 8 == 0) */
     const uintptr_t ssize = (uintptr_t)sdnq_dtype_size(d->scale_dtype);
@@ -330,7 +334,7 @@ sdnq_status launch_reduce(const float *part, float *t, int64_t pairs, int splits
 extern "C" sdnq_status sdnq_cuda_gemv_supported(const sdnq_gemv_desc *d) { return prepare(d, NULL); }
 
 extern "C" int64_t sdnq_cuda_gemv_work_floats(int64_t M, int64_t N) {
-    if (M < 1 || N < 0 || N > INT32_MAX) return -1;
+    if (M < 1 || N < 0 || N > (int64_t)1 << 40) return -1;
     return SDNQ_GEMV_WORK_FLOATS(M, N, 2 * (int64_t)device_sms());
 }
 
@@ -366,6 +370,6 @@ extern "C" sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream) {
     const bool two = a.M > 8, bf = d->x_dtype == SDNQ_DT_BF16;
     const auto fin = bf ? (two ? &gemv_finish_kernel<SDNQ_DT_BF16, 2> : &gemv_finish_kernel<SDNQ_DT_BF16, 1>)
                         : (two ? &gemv_finish_kernel<SDNQ_DT_F16, 2> : &gemv_finish_kernel<SDNQ_DT_F16, 1>);
-    launch_maybe_pdl(fin, grid_for(d->N, GEMV_ROWS), 32u * (two ? 2u : 1u), s, device_cc_major() >= 9, a);
+    launch_maybe_pdl(fin, grid_for(d->N, GEMV_ROWS, INT32_MAX), 32u * (two ? 2u : 1u), s, device_cc_major() >= 9, a);
     return launch_status();
 }
