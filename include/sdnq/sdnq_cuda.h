@@ -116,10 +116,12 @@ SDNQ_API sdnq_status sdnq_cuda_gemv_supported(const sdnq_gemv_desc *d);
 SDNQ_API int64_t sdnq_cuda_gemv_work_floats(int64_t M, int64_t N);
 /* Dequantizes W in registers (the values sdnq_cuda_dequantize writes for
  * out dtype x_dtype) and multiplies on the tensor cores, fp32 accumulation.
- * With rank > 0, the low-rank product is launched first (as partial sums over
- * k ranges, then their sum in split order when there are several), and the
- * GEMV's epilogue adds it; on sm_90+ each launch is a programmatic dependent of
- * the one before, so the GEMV streams its weight while they run. */
+ * K is split over the blocks (partial sums in work); a second kernel sums each
+ * tile's parts in block order and adds bias and SVD branch. With rank > 0, the
+ * low-rank product is launched first (as partial sums over k ranges, then their
+ * sum in split order when there are several); on sm_90+ each launch is a
+ * programmatic dependent of the one before, so the GEMV streams its weight
+ * while they run. */
 SDNQ_API sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream);
 
 /* ------------------------------------------------------------------------ */
