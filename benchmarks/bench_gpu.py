@@ -81,6 +81,7 @@ CONFIGS = {
     "uint8": ("uint8", dict(group_size=-1)),
     "float8_e4m3fn": ("float8_e4m3fn", dict(group_size=-1)),
     "uint4+svd32": ("uint4", dict(use_svd=True, svd_rank=32)),
+    "uint4-g128": ("uint4", dict(group_size=128)),  # uint4+svd32's layout without the SVD branch
     "int4": ("int4", {}),
     "int5": ("int5", {}),
     "float5_e2m2fn": ("float5_e2m2fn", {}),
@@ -90,7 +91,7 @@ QUICK = dict(shapes=[(3072, 3072), (3072, 12288)], tokens=[1, 16, 1024, 4608],
              configs=["int8", "float8_e4m3fn", "uint4+svd32", "int5"])
 # comfy_sdnq W8A8-style paths per dtype (M > 16)
 W8A8_PATHS = {"int8": ["w8a8_int8", "w8a8_fp8"], "uint8": ["w8a8_int8"], "float8_e4m3fn": ["w8a8_fp8"],
-              "uint4+svd32": ["w4a8"], "int4": ["w4a8"]}
+              "uint4+svd32": ["w4a8"], "uint4-g128": ["w4a8"], "int4": ["w4a8"]}
 COMPILED_SHAPES = [(3072, 3072), (3072, 12288)]
 COMPILED_CONFIGS = ["int8", "float8_e4m3fn", "uint4+svd32"]
 
