@@ -85,9 +85,8 @@ for s in $STEPS; do
         # the kernels added after tests/cuda_sanitizer.py: their tests, small shapes, allocator off
         PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "sanitizer memcheck (pytest)" 240 "$OUT/sanitizer_pytest.log" \
             "$SAN" --tool memcheck --error-exitcode 99 $PY -m pytest tests/test_cuda.py -x -q -p no:cacheprovider \
-            -k "test_dequant_svd and (uint4 or int5 or int8) or test_gemv_svd or test_gemv_many_tiles or test_gemv_work_buffer \
-            or test_quantize_rows \
-            or test_scale_epilogue"
+            -k "test_dequant_svd and (uint4 or int5 or int8) or test_gemv_svd or test_gemv_many_tiles \
+            or test_gemv_work_buffer or test_quantize_rows or test_scale_epilogue"
         ;;
     bench)
         step "bench_gpu --quick" 240 "$OUT/bench.log" $PY benchmarks/bench_gpu.py --quick --out "$OUT/bench"

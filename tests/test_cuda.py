@@ -363,7 +363,7 @@ def test_gemv_many_tiles(name, M, wide):
 
 
 @pytest.mark.parametrize("M", [1, 9])
-def test_gemv_work_buffer(M, monkeypatch):
+def test_gemv_work_buffer(M):
     """the split-K scratch: with room for one block's segments the kernel still runs (one block,
     every row group in one range) and gives the same y up to the summation order; one segment
     fewer than the row groups need is refused (None: the caller dequantizes instead)"""
@@ -373,18 +373,16 @@ def test_gemv_work_buffer(M, monkeypatch):
     seg = 128 * (16 if M > 8 else 8)
     groups = (n_out + 127) // 128
     real = kernels._C_cuda
+    full = real.gemv_work_floats(M, n_out)
     for floats, ok in ((seg * (groups + 1), True), (seg * groups, False), (seg * (groups + 1) - 1, False)):
-        fake = type("C", (), {k: staticmethod(getattr(real, k)) if callable(getattr(real, k)) else getattr(real, k)
-                              for k in dir(real) if not k.startswith("__")})
-        fake.gemv_work_floats = staticmethod(lambda m, n, f=floats: f)
-        monkeypatch.setattr(kernels, "_C_cuda", fake)
-        y, _, _ = _gemv_svd_case("uint4", M, n_out, k_in, 5 + M)
-        monkeypatch.setattr(kernels, "_C_cuda", real)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(real, "gemv_work_floats", lambda m, n, f=floats: f)
+            y, _, _ = _gemv_svd_case("uint4", M, n_out, k_in, 5 + M)
         if ok:
             assert y is not None and bool(((y.double() - y64).abs() <= bound).all())
         else:
             assert y is None, f"work of {floats} floats for {groups} row groups was taken"
-    assert real.gemv_work_floats(M, n_out) == seg * (2 * _sms() + groups)
+    assert full == seg * (2 * _sms() + groups)
 
 
 @pytest.mark.parametrize("name", ["uint4", "int8", "int5", "float8_e4m3fn"])

@@ -181,8 +181,8 @@ def test_emu_gemv_many_tiles(emu, name, M, wide):
 
 
 @pytest.mark.parametrize("M", [1, 9])
-def test_emu_gemv_work_buffer(emu, M, monkeypatch):
-    T.test_gemv_work_buffer(M, monkeypatch)
+def test_emu_gemv_work_buffer(emu, M):
+    T.test_gemv_work_buffer(M)
 
 
 def test_emu_gemv_scratch_checks(emu, monkeypatch):

@@ -17,6 +17,13 @@ static_assert(SDNQ_GEMV_WORK_FLOATS(1, GEMV_GROUP + 1, 3) == 5 * gemv_segment_fl
                   SDNQ_GEMV_WORK_FLOATS(9, GEMV_GROUP, 2) == 3 * gemv_segment_floats(9),
               "SDNQ_GEMV_WORK_FLOATS matches the kernel's segments");
 
+/* row groups of the split-K GEMV, and how many blocks' segments the work buffer holds besides
+ * one per row group (prepare() refuses less than one) */
+int64_t gemv_row_groups(int64_t N) { return (N + GEMV_GROUP - 1) / GEMV_GROUP; }
+int64_t gemv_blocks_fit(const sdnq_gemv_desc *d) {
+    return d->work_numel / gemv_segment_floats(d->M) - gemv_row_groups(d->N);
+}
+
 /* max index (rows-1)*ld + cols-1 stays below numel, ld >= cols */
 bool fits2d(int64_t rows, int64_t cols, int64_t ld, int64_t numel) {
     if (ld < cols) return false;
@@ -106,12 +113,12 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
 
     /* split-K: the items (row group, chunk) and the work buffer (gemv.cuh): the segments of one
      * block per item range besides one per row group at least */
-    const int64_t nch = (d->K + GEMV_CHUNK - 1) / GEMV_CHUNK, rgroups = (d->N + GEMV_GROUP - 1) / GEMV_GROUP;
-    const int64_t items = sdnq_mul64(rgroups, nch);
+    const int64_t nch = (d->K + GEMV_CHUNK - 1) / GEMV_CHUNK;
+    const int64_t items = sdnq_mul64(gemv_row_groups(d->N), nch);
     if (items < 0 || items > INT32_MAX) return SDNQ_ERR_UNSUPPORTED;
     if (d->work == NULL) return SDNQ_ERR_NULL;
     if (!aligned(d->work, 4)) return SDNQ_ERR_UNSUPPORTED;
-    if (d->work_numel / gemv_segment_floats(d->M) - rgroups < 1) return SDNQ_ERR_RANGE;
+    if (gemv_blocks_fit(d) < 1) return SDNQ_ERR_RANGE;
     if (d->rank > 0) { /* the two scratches are disjoint (byte distances: no pointer overflow) */
         const uintptr_t w = (uintptr_t)d->work, l = (uintptr_t)d->lowrank;
         if (l >= w ? (uint64_t)(l - w) / sizeof(float) < (uint64_t)d->work_numel
@@ -354,10 +361,8 @@ extern "C" sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream) {
     }
     /* split-K over persistent blocks (gemv.cuh): at most the two per multiprocessor that run at
      * once and the segments the work buffer holds, equal ranges of items */
-    const int64_t rgroups = (d->N + GEMV_GROUP - 1) / GEMV_GROUP;
     int64_t blocks = 2 * (int64_t)device_sms();
-    const int64_t fit = d->work_numel / gemv_segment_floats(d->M) - rgroups; /* >= 1: prepare() */
-    if (blocks > fit) blocks = fit;
+    if (blocks > gemv_blocks_fit(d)) blocks = gemv_blocks_fit(d); /* >= 1: prepare() */
     a.ipb = (int32_t)((a.items + blocks - 1) / blocks);
     const unsigned grid = (unsigned)((a.items + a.ipb - 1) / a.ipb);
     /* prepare() refused widths outside 2..8 */

@@ -485,6 +485,12 @@ __device__ __forceinline__ void svd_tile(const GemvArgs &a, int n0, int nt, int 
     }
 }
 
+/* warp w's partial sums of token tile 0 in segment (block b, row group gi) of the work buffer,
+ * lane by lane; token tile nt follows at + nt * GEMV_FRAG, accumulator q at + q * 32 */
+template <int NT> __device__ __forceinline__ float *gemv_segment(const GemvArgs &a, int b, int gi, int w, int lane) {
+    return a.work + (((int64_t)b + gi) * GEMV_WARPS + w) * NT * GEMV_FRAG + lane;
+}
+
 /* Split-K over persistent blocks (stream-K): the work is the sequence of items (row group gi of
  * GEMV_WARPS tiles, chunk c), gi-major, and block b takes the items [b * ipb, (b + 1) * ipb).
  * Warp w owns tile w of each row group and walks the block's items in order, with the codes of
@@ -537,7 +543,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
 
     float acc[gemv_accs<NT>::value][NT][4] = {};
     auto flush = [&]() { /* this warp's partial sums of the segment (block, row group gc) */
-        float *p = a.work + (((int64_t)blockIdx.x + gc) * GEMV_WARPS + warp) * NT * GEMV_FRAG + lane;
+        float *p = gemv_segment<NT>(a, (int)blockIdx.x, gc, warp, lane);
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
@@ -627,7 +633,7 @@ template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT) gemv_finis
     /* the segments b0..b1, FIN_UNROLL loads in flight per accumulator, summed in block order */
     constexpr int FIN_UNROLL = 4;
     float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const float *p0 = a.work + (((int64_t)b0 + gi) * GEMV_WARPS + w) * NT * GEMV_FRAG + nt * GEMV_FRAG + lane;
+    const float *p0 = gemv_segment<NT>(a, b0, gi, w, lane) + nt * GEMV_FRAG;
     const int64_t seg = (int64_t)GEMV_WARPS * NT * GEMV_FRAG; /* floats from one segment to the next */
     for (int b = 0; b <= b1 - b0; b += FIN_UNROLL) {
         float v[FIN_UNROLL][4];
