@@ -145,8 +145,11 @@ extern "C" sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, cons
     if ((st = sdnq_svd_check(svd)) != SDNQ_OK) return st;
     if (n == 0) return SDNQ_OK;
     cudaStream_t s = as_stream(stream);
-    const bool fusable = svd->rank > 0 && svd->rank <= INT32_MAX && a.t.bits <= 8 && !d->codebook && d->inner == 1 && flat_output(d) &&
-                         svd->cols % UNIT == 0 && n <= INT32_MAX && aligned(d->codes, 16) && aligned(d->out, 16) &&
+    /* fused for rank <= 32, <= 8-bit codes in linear layouts with groups of a multiple of 8 codes
+     * (each unit in one group), BF16/F16 output with factors of that dtype */
+    const bool fusable = svd->rank > 0 && svd->rank <= SVDQ_RANK && a.t.bits <= 8 && !d->codebook && d->inner == 1 &&
+                         d->red % UNIT == 0 && flat_output(d) && svd->cols % UNIT == 0 && n <= INT32_MAX &&
+                         aligned(d->codes, 16) && aligned(d->out, 16) &&
                          (d->out_dtype == SDNQ_DT_BF16 || d->out_dtype == SDNQ_DT_F16) &&
                          svd->up_dtype == d->out_dtype && svd->down_dtype == d->out_dtype &&
                          aligned(svd->up, 2) && aligned(svd->down, 2);
@@ -156,6 +159,8 @@ extern "C" sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, cons
     }
     SvdDequantArgs sa;
     sa.d = a;
+    sa.d.gunits = (uint32_t)(d->red / UNIT);
+    sa.d.gmagic = sa.d.gunits > 1 ? UINT64_MAX / sa.d.gunits + 1 : 0;
     sa.rows = svd->rows;
     sa.cols = svd->cols;
     sa.rank = (int32_t)svd->rank;
@@ -165,7 +170,7 @@ extern "C" sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, cons
     sa.us1 = svd->up_stride[1];
     sa.ds0 = svd->down_stride[0];
     sa.ds1 = svd->down_stride[1];
-    sa.up_vec = svd->up_stride[1] == 1 && svd->up_stride[0] % 8 == 0 && svd->rank % 8 == 0 && aligned(svd->up, 16);
+    sa.up_vec = svd->up_stride[1] == 1 && svd->up_stride[0] % 8 == 0 && aligned(svd->up, 16);
     sa.down_t = svd->down_stride[0] == 1 && svd->down_stride[1] % 8 == 0 && svd->rank % 8 == 0 &&
                 aligned(svd->down, 16);
     sa.down_c = !sa.down_t && svd->down_stride[1] == 1 && svd->down_stride[0] % 8 == 0 && aligned(svd->down, 16);

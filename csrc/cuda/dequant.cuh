@@ -269,159 +269,103 @@ __global__ void __launch_bounds__(FLAT_THREADS, 4) dequant_grouped_kernel(const 
 /* ------------------------------------------------------------------------ */
 /* dequantization with the SVD correction fused: w = round(round_mid(elementwise) + up @ down) */
 
-constexpr int SVDQ_TR = 32, SVDQ_TC = 128, SVDQ_TK = 32;          /* tile rows, columns; rank chunk */
-constexpr int SVDQ_THREADS = 256;
-constexpr int SVDQ_BLOCKS_PER_SM = 2;                                /* the grid: about one wave    */
-constexpr int SVDQ_UNITS = SVDQ_TR * SVDQ_TC / UNIT / SVDQ_THREADS; /* units of 8 codes per thread: 2 */
-constexpr int SVDQ_KP = SVDQ_TK + 8;                                 /* padded smem row (16-bit elements) */
-constexpr int SVDQ_CP = SVDQ_TC + 8; /* padded correction row (fp32): the fragment stores hit distinct banks */
+constexpr int SVDQ_TR = 32, SVDQ_TC = 128; /* tile rows, columns                                 */
+constexpr int SVDQ_RANK = 32;              /* the largest rank fused (one k32 step pair per tile) */
+constexpr int SVDQ_THREADS = 256;          /* 8 warps: 2 bands of 16 rows x 4 groups of 32 columns */
+constexpr int SVDQ_BLOCKS_PER_SM = 2;      /* the grid: one wave                                   */
 
 struct SvdDequantArgs {
-    DequantArgs d;          /* the elementwise stage (flat output, inner == 1) */
+    DequantArgs d;          /* the elementwise stage: flat output, inner == 1, gunits/gmagic set */
     int64_t rows, cols;     /* the weight [rows, cols] row-major: code e = r*cols + c */
     int64_t strips;         /* column strips of SVDQ_TC */
-    int32_t rank;
+    int32_t rank;           /* 1 .. SVDQ_RANK */
     const void *up, *down;  /* up[r, j] at r*us0 + j*us1, down[j, c] at j*ds0 + c*ds1; out dtype */
     int64_t us0, us1, ds0, ds1;
-    /* 16-byte staging loads: up rows contiguous along j; down contiguous along j (sdnq's
-     * column-major factor, "down_t") or along c ("down_c"); else 2-byte loads */
+    /* 16-byte loads: up rows contiguous along j (up_vec); down contiguous along j (sdnq's
+     * column-major factor, "down_t", rank % 8 == 0) or along c ("down_c"); else 2-byte loads */
     int32_t up_vec, down_t, down_c;
 };
 
-/* what one thread loads for one tile: its units' codes and scales (zero points), and its part
- * of the tile's up rows (rank <= SVDQ_TK: the whole rank in one chunk) */
-template <int BITS> struct SvdTile {
-    UnitWords<BITS> b[SVDQ_UNITS];
-    float s[SVDQ_UNITS], z[SVDQ_UNITS];
-    bool uv[SVDQ_UNITS], one[SVDQ_UNITS];
-    uint4 upv;     /* up_vec: 8 ranks of one row (threads < 128) */
-    uint16_t up4[4]; /* else: 4 elements                          */
+/*
+ * The fragment layout. A warp computes the correction of 16 rows x 32 columns with m16n8k16
+ * MMAs whose k index (the rank) and n index (the column) are permuted so that each lane's
+ * accumulators are whole units: lane (g, t) = (lane / 4, lane % 4) holds rows g and g + 8 of
+ * the band at columns 8t .. 8t+8 of the warp's group, exactly the two units it dequantizes, so
+ * the correction never leaves registers. In the MMA's own indices, logical column n of n8-tile j
+ * is column 8(n/2) + 2j + n%2, and logical rank 16s + 8h + 2t + e (k-step s, half h) is rank
+ * 8t + 4s + 2h + e: the A fragment of a lane is then up[row][8t .. 8t+8] (one 16-byte load per
+ * row), its B fragment dsT[column][8t .. 8t+8] (one 16-byte shared load per n8-tile).
+ */
+
+/* what one lane loads for one tile: its two units (rows g, g+8) with their scales (zero points)
+ * and up rows */
+template <int BITS> struct SvdUnits {
+    UnitWords<BITS> b[2];
+    float s[2], z[2];
+    uint4 up[2]; /* up[row][8t .. 8t+8], zero past the rank */
+    bool ok[2];  /* the unit lies in the weight */
 };
 
-/* unit i of this thread in a tile: row rr, column cc of the tile */
-__device__ __forceinline__ int svdq_rr(int tid, int i) { return (tid + i * SVDQ_THREADS) / (SVDQ_TC / UNIT); }
-__device__ __forceinline__ int svdq_cc(int tid, int i) { return ((tid + i * SVDQ_THREADS) % (SVDQ_TC / UNIT)) * UNIT; }
+/* up[r][k0 .. k0+8] as 8 packed 16-bit values, zero past the rank */
+__device__ __forceinline__ uint4 svdq_up8(const SvdDequantArgs &a, int64_t r, int k0) {
+    const uint16_t *up16 = (const uint16_t *)a.up;
+    if (a.up_vec && k0 + 8 <= a.rank) return __ldg((const uint4 *)(up16 + r * a.us0 + k0));
+    uint32_t w[4] = {0, 0, 0, 0};
+#pragma unroll
+    for (int q = 0; q < 8; q++)
+        if (k0 + q < a.rank) w[q / 2] |= (uint32_t)__ldg(up16 + r * a.us0 + (int64_t)(k0 + q) * a.us1) << (16 * (q % 2));
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
 
-/* issue the loads of the tile at row r0 (no waiting on them) */
+/* issue the loads of the tile at rows r0.., columns c0.. for the lane at band row rr and column
+ * cc (no waiting); n <= INT32_MAX: element and unit indices fit 32 bits */
 template <int BITS, int SDT>
-__device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, int64_t r0, int64_t c0, int tid, bool with_up,
-                                          SvdTile<BITS> &T) {
+__device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, uint32_t r0, uint32_t c0, int rr, int cc, int t,
+                                          SvdUnits<BITS> &U) {
     constexpr int UB = unit_geom<BITS>::bytes;
-    const uint32_t red = (uint32_t)a.d.red; /* n <= INT32_MAX: code indices fit 32 bits */
+    const uint32_t rows = (uint32_t)a.rows, cols = (uint32_t)a.cols, c = c0 + cc;
 #pragma unroll
-    for (int i = 0; i < SVDQ_UNITS; i++) {
-        const int rr = svdq_rr(tid, i), cc = svdq_cc(tid, i);
-        T.uv[i] = r0 + rr < a.rows && c0 + cc < a.cols;
-        T.one[i] = false;
-        T.s[i] = T.z[i] = 0.0f;
-        if (T.uv[i]) {
-            const uint32_t e0 = (uint32_t)((r0 + rr) * a.cols + c0 + cc);
-            load_unit_words<BITS>((const uint8_t *)a.d.codes + (size_t)(e0 / UNIT) * UB, T.b[i]);
-            const uint32_t o = e0 / red;
-            T.one[i] = e0 - o * red + UNIT <= red;
-            if (T.one[i]) {
-                T.s[i] = ld_float<SDT>(a.d.scale, (int64_t)o * a.d.ss0);
-                if (a.d.asym) T.z[i] = ld_float<SDT>(a.d.zp, (int64_t)o * a.d.zs0);
-            }
+    for (int i = 0; i < 2; i++) {
+        const uint32_t r = r0 + rr + 8 * i;
+        U.ok[i] = r < rows && c < cols;
+        U.s[i] = U.z[i] = 0.0f;
+        U.up[i] = make_uint4(0, 0, 0, 0);
+        if (U.ok[i]) { /* red % 8 == 0: one group per unit */
+            const uint32_t u = (r * cols + c) / UNIT;
+            load_unit_words<BITS>((const uint8_t *)a.d.codes + (size_t)u * UB, U.b[i]);
+            const uint32_t grp = a.d.gunits == 1 ? u : (uint32_t)__umul64hi((unsigned long long)u, a.d.gmagic);
+            U.s[i] = ld_float<SDT>(a.d.scale, (int64_t)grp * a.d.ss0);
+            if (a.d.asym) U.z[i] = ld_float<SDT>(a.d.zp, (int64_t)grp * a.d.zs0);
         }
-    }
-    if (!with_up) return;
-    const uint16_t *up16 = (const uint16_t *)a.up;
-    if (a.up_vec) { /* 32 rows x 4 vectors of 8 ranks: threads < 128 */
-        const int rr = tid / 4, kq = (tid % 4) * 8;
-        T.upv = make_uint4(0, 0, 0, 0);
-        if (tid < SVDQ_TR * 4 && r0 + rr < a.rows && kq < a.rank)
-            T.upv = __ldg((const uint4 *)(up16 + (r0 + rr) * a.us0 + kq));
-    } else {
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            const int idx = tid + q * SVDQ_THREADS, rr = idx / SVDQ_TK, kk = idx % SVDQ_TK;
-            T.up4[q] = r0 + rr < a.rows && kk < a.rank ? __ldg(up16 + (r0 + rr) * a.us0 + kk * a.us1) : (uint16_t)0;
-        }
+        if (r < rows) U.up[i] = svdq_up8(a, r, 8 * t);
     }
 }
 
-/* the tile's up rows (rank <= SVDQ_TK) from registers into shared memory */
-template <int BITS> __device__ __forceinline__ void svdq_store_up(const SvdDequantArgs &a, uint16_t *us, int tid,
-                                                                  const SvdTile<BITS> &T) {
-    if (a.up_vec) {
-        if (tid < SVDQ_TR * 4) *(uint4 *)(us + (tid / 4) * SVDQ_KP + (tid % 4) * 8) = T.upv;
-    } else {
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            const int idx = tid + q * SVDQ_THREADS;
-            us[(idx / SVDQ_TK) * SVDQ_KP + idx % SVDQ_TK] = T.up4[q];
-        }
-    }
-}
-
-/* up rows r0.. and ranks k0.. (one chunk) straight into shared memory */
-__device__ __forceinline__ void svdq_stage_up(const SvdDequantArgs &a, uint16_t *us, int64_t r0, int64_t k0, int tid) {
-    const uint16_t *up16 = (const uint16_t *)a.up;
-    if (a.up_vec) {
-        if (tid < SVDQ_TR * 4) {
-            const int rr = tid / 4, kq = (tid % 4) * 8;
-            const int64_t r = r0 + rr, k = k0 + kq;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (r < a.rows && k < a.rank) v = __ldg((const uint4 *)(up16 + r * a.us0 + k));
-            *(uint4 *)(us + rr * SVDQ_KP + kq) = v;
-        }
-    } else {
-        for (int idx = tid; idx < SVDQ_TR * SVDQ_TK; idx += SVDQ_THREADS) {
-            const int rr = idx / SVDQ_TK, kk = idx % SVDQ_TK;
-            const int64_t r = r0 + rr, k = k0 + kk;
-            us[rr * SVDQ_KP + kk] = r < a.rows && k < a.rank ? __ldg(up16 + r * a.us0 + k * a.us1) : (uint16_t)0;
-        }
-    }
-}
-
-/* down columns c0.. and ranks k0.. (one chunk), transposed, into shared memory */
-__device__ __forceinline__ void svdq_stage_down(const SvdDequantArgs &a, uint16_t *dsT, int64_t c0, int64_t k0,
-                                                int tid) {
+/* the strip's down columns c0 .. c0+128 transposed into dsT[c][j] (j < SVDQ_RANK), zero past
+ * the rank and the columns; lanes of a warp take consecutive ranks (conflict-free stores) */
+__device__ __forceinline__ void svdq_stage_down(const SvdDequantArgs &a, uint16_t *dsT, int64_t c0, int tid) {
     const uint16_t *dn16 = (const uint16_t *)a.down;
-    if (a.down_t) { /* column c's ranks contiguous: 128 columns x 4 vectors of 8 ranks */
-#pragma unroll
-        for (int i = 0; i < SVDQ_TC * SVDQ_TK / 8 / SVDQ_THREADS; i++) {
-            const int idx = tid + i * SVDQ_THREADS, cc = idx / 4, kq = (idx % 4) * 8;
-            const int64_t c = c0 + cc, k = k0 + kq;
+    if (a.down_t) { /* 128 columns x 4 vectors of 8 ranks */
+        for (int idx = tid; idx < SVDQ_TC * SVDQ_RANK / 8; idx += SVDQ_THREADS) {
+            const int cc = idx / 4, kq = (idx % 4) * 8;
             uint4 v = make_uint4(0, 0, 0, 0);
-            if (c < a.cols && k < a.rank) v = __ldg((const uint4 *)(dn16 + c * a.ds1 + k));
-            *(uint4 *)(dsT + cc * SVDQ_KP + kq) = v;
+            if (c0 + cc < a.cols && kq < a.rank) v = __ldg((const uint4 *)(dn16 + (c0 + cc) * a.ds1 + kq));
+            *(uint4 *)(dsT + cc * SVDQ_RANK + kq) = v;
         }
-    } else if (a.down_c) { /* rank k's columns contiguous: 32 ranks x 16 vectors of 8 columns */
-#pragma unroll
-        for (int i = 0; i < SVDQ_TC * SVDQ_TK / 8 / SVDQ_THREADS; i++) {
-            const int idx = tid + i * SVDQ_THREADS, kk = idx / (SVDQ_TC / 8), cq = (idx % (SVDQ_TC / 8)) * 8;
-            const int64_t k = k0 + kk, c = c0 + cq;
+    } else if (a.down_c) { /* 32 ranks x 16 vectors of 8 columns */
+        for (int idx = tid; idx < SVDQ_TC * SVDQ_RANK / 8; idx += SVDQ_THREADS) {
+            const int kk = idx % SVDQ_RANK, cq = (idx / SVDQ_RANK) * 8;
             uint4 v = make_uint4(0, 0, 0, 0);
-            if (k < a.rank && c < a.cols) v = __ldg((const uint4 *)(dn16 + k * a.ds0 + c));
+            if (kk < a.rank && c0 + cq < a.cols) v = __ldg((const uint4 *)(dn16 + kk * a.ds0 + c0 + cq));
             const uint32_t w[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-            for (int q = 0; q < 8; q++) dsT[(cq + q) * SVDQ_KP + kk] = (uint16_t)(w[q / 2] >> (16 * (q % 2)));
+            for (int q = 0; q < 8; q++) dsT[(cq + q) * SVDQ_RANK + kk] = (uint16_t)(w[q / 2] >> (16 * (q % 2)));
         }
     } else {
-        for (int idx = tid; idx < SVDQ_TK * SVDQ_TC; idx += SVDQ_THREADS) {
-            const int kk = idx / SVDQ_TC, cc = idx % SVDQ_TC;
-            const int64_t k = k0 + kk, c = c0 + cc;
-            dsT[cc * SVDQ_KP + kk] = k < a.rank && c < a.cols ? __ldg(dn16 + k * a.ds0 + c * a.ds1) : (uint16_t)0;
-        }
-    }
-}
-
-/* acc += us @ dsT^T for this warp: rows 16*(warp/4) .. +16, n8-tiles 4*(warp%4) .. +4 */
-template <int ODT>
-__device__ __forceinline__ void svdq_mma_chunk(const uint16_t *us, const uint16_t *dsT, int warp, int g, int t,
-                                               float (&acc)[4][4]) {
-    const int mr = 16 * (warp / 4), nb = 4 * (warp % 4);
-#pragma unroll
-    for (int ks = 0; ks < SVDQ_TK; ks += 16) {
-        const uint16_t *ua = us + (mr + g) * SVDQ_KP + ks + 2 * t;
-        const uint32_t a0 = *(const uint32_t *)ua, a1 = *(const uint32_t *)(ua + 8 * SVDQ_KP);
-        const uint32_t a2 = *(const uint32_t *)(ua + 8), a3 = *(const uint32_t *)(ua + 8 * SVDQ_KP + 8);
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const uint16_t *bb = dsT + (8 * (nb + j) + g) * SVDQ_KP + ks + 2 * t;
-            mma16816<ODT>(acc[j], a0, a1, a2, a3, *(const uint32_t *)bb, *(const uint32_t *)(bb + 8));
+        for (int idx = tid; idx < SVDQ_TC * SVDQ_RANK; idx += SVDQ_THREADS) {
+            const int kk = idx % SVDQ_RANK, cc = idx / SVDQ_RANK;
+            const int64_t c = c0 + cc;
+            dsT[cc * SVDQ_RANK + kk] = kk < a.rank && c < a.cols ? __ldg(dn16 + kk * a.ds0 + c * a.ds1) : (uint16_t)0;
         }
     }
 }
@@ -429,103 +373,74 @@ __device__ __forceinline__ void svdq_mma_chunk(const uint16_t *us, const uint16_
 /*
  * dequant_svd_kernel<BITS, ODT, SDT>: the weight is cut into 32 x 128 tiles, ordered strip by
  * strip (128 columns each, top to bottom); a grid of one wave of blocks takes equal contiguous
- * ranges of that order. For rank <= 32 a strip's down columns are staged in shared memory once
- * per block (when its range enters the strip), and each thread keeps the next two tiles'
- * loads (codes, scales, zero points, up rows) in flight while the block works on the current
- * one: (1) up rows into shared memory, (2) the tile's up @ down on the tensor cores (mma.sync
- * m16n8k16, fp32 accumulation; 8 warps = 2 row bands x 4 groups of 4 n8-tiles) into a padded
- * fp32 tile in shared memory, (3) each unit dequantized as the grouped kernel does (its scale
- * loaded with its codes when the unit lies in one group), rounded to the output dtype (sdnq's
- * elementwise stage, in the SVD factors' dtype = the output dtype), the correction added in
- * fp32, rounded once, one 16-byte store. Larger ranks stage up and down per chunk of 32 ranks.
- * Same operations as dequantize + sdnq_cuda_svd_add but the rank sum's order (tolerance-level
- * differences only).
+ * ranges of that order. A block stages its strip's down columns in shared memory when its range
+ * enters the strip (the only barriers); each lane keeps the loads of the next two tiles in flight
+ * (codes, scales, zero points, up rows: registers) while it works on the current one: 8 MMAs
+ * (m16n8k16, fp32 accumulation) give the correction of its two units in its accumulators (the
+ * fragment layout above), each unit is dequantized as the grouped kernel does, rounded to the
+ * output dtype (sdnq's elementwise stage, in the SVD factors' dtype = the output dtype), the
+ * correction added in fp32, rounded once, one 16-byte store. Same operations as dequantize +
+ * sdnq_cuda_svd_add but the rank sum's order (tolerance-level differences only).
  */
 template <int BITS, int ODT, int SDT>
 __global__ void __launch_bounds__(SVDQ_THREADS, SVDQ_BLOCKS_PER_SM) dequant_svd_kernel(const SvdDequantArgs a) {
     __shared__ float lut[1 << BITS];
-    __shared__ __align__(16) uint16_t dsT[SVDQ_TC * SVDQ_KP]; /* down chunk, transposed */
-    __shared__ __align__(16) uint16_t us[SVDQ_TR * SVDQ_KP];  /* up chunk              */
-    __shared__ __align__(16) float cs[SVDQ_TR * SVDQ_CP];     /* the tile's correction */
-    build_lut(lut, a.d.t, SDT);
+    __shared__ __align__(16) uint16_t dsT[SVDQ_TC * SVDQ_RANK];
+    build_lut(lut, a.d.t, SDT); /* the first strip's barrier publishes it */
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    /* this block's tiles: a contiguous range of the strip-major tile order (balanced blocks) */
+    const int rr = 16 * (warp / 4) + g, wc = 32 * (warp % 4), cc = wc + 8 * t;
     const int64_t rtiles = (a.rows + SVDQ_TR - 1) / SVDQ_TR, total = rtiles * a.strips;
     const int64_t t0 = (int64_t)blockIdx.x * total / gridDim.x, t1 = ((int64_t)blockIdx.x + 1) * total / gridDim.x;
-    const bool resident = a.rank <= SVDQ_TK, asym = a.d.asym != 0;
-    int64_t staged = -1; /* the strip whose down columns dsT holds (rank <= SVDQ_TK) */
+    const bool asym = a.d.asym != 0;
+    int64_t staged = -1; /* the strip whose down columns dsT holds */
 
-    /* loads of the next two tiles in flight while the block works on one */
-    SvdTile<BITS> cur{}, nxt{}, nxt2{};
-    if (t0 < t1) svdq_load<BITS, SDT>(a, (t0 % rtiles) * SVDQ_TR, (t0 / rtiles) * SVDQ_TC, tid, resident, cur);
-    if (t0 + 1 < t1)
-        svdq_load<BITS, SDT>(a, ((t0 + 1) % rtiles) * SVDQ_TR, ((t0 + 1) / rtiles) * SVDQ_TC, tid, resident, nxt);
+    /* (row tile, strip) of the current tile and of the one two ahead, stepped without divisions */
+    uint32_t cr = (uint32_t)(t0 % rtiles), cs = (uint32_t)(t0 / rtiles);
+    uint32_t ar = cr, as = cs;
+    const auto step = [&](uint32_t &r, uint32_t &s) {
+        if (++r == (uint32_t)rtiles) r = 0, s++;
+    };
+    SvdUnits<BITS> cur, nxt, nxt2;
+    if (t0 < t1) svdq_load<BITS, SDT>(a, ar * SVDQ_TR, as * SVDQ_TC, rr, cc, t, cur);
+    step(ar, as);
+    if (t0 + 1 < t1) svdq_load<BITS, SDT>(a, ar * SVDQ_TR, as * SVDQ_TC, rr, cc, t, nxt);
+    step(ar, as);
     for (int64_t tile = t0; tile < t1; tile++) {
-        const int64_t strip = tile / rtiles, r0 = (tile % rtiles) * SVDQ_TR, c0 = strip * SVDQ_TC;
-        const int64_t ahead = tile + 2, nr0 = (ahead % rtiles) * SVDQ_TR, nc0 = (ahead / rtiles) * SVDQ_TC;
+        const uint32_t r0 = cr * SVDQ_TR, c0 = cs * SVDQ_TC;
+        if (cs != staged) {  /* uniform: every lane of the block walks the same tiles */
+            __syncthreads(); /* the previous strip's fragments are read */
+            svdq_stage_down(a, dsT, c0, tid);
+            __syncthreads();
+            staged = cs;
+        }
+        if (tile + 2 < t1) svdq_load<BITS, SDT>(a, ar * SVDQ_TR, as * SVDQ_TC, rr, cc, t, nxt2);
+        step(ar, as);
+        step(cr, cs);
+        /* acc[j] = the correction at rows g, g+8 and columns cc + 2j, cc + 2j + 1 */
         float acc[4][4] = {};
-        if (resident) {
-            if (strip != staged) { /* the previous tile's fragments are read (barrier below) */
-                svdq_stage_down(a, dsT, c0, 0, tid);
-                staged = strip;
-            }
-            svdq_store_up<BITS>(a, us, tid, cur);
-            __syncthreads(); /* up (and down, lut) staged; the previous tile's correction read */
-            if (ahead < t1) svdq_load<BITS, SDT>(a, nr0, nc0, tid, true, nxt2);
-            svdq_mma_chunk<ODT>(us, dsT, warp, g, t, acc);
-        } else {
-            if (ahead < t1) svdq_load<BITS, SDT>(a, nr0, nc0, tid, false, nxt2);
-            for (int64_t k0 = 0; k0 < a.rank; k0 += SVDQ_TK) {
-                __syncthreads(); /* the previous chunk's (tile's) fragments and correction are read */
-                svdq_stage_up(a, us, r0, k0, tid);
-                svdq_stage_down(a, dsT, c0, k0, tid);
-                __syncthreads();
-                svdq_mma_chunk<ODT>(us, dsT, warp, g, t, acc);
-            }
-        }
-        {
-            const int mr = 16 * (warp / 4), nb = 4 * (warp % 4);
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const int cc = 8 * (nb + j) + 2 * t;
-                *(float2 *)(cs + (mr + g) * SVDQ_CP + cc) = make_float2(acc[j][0], acc[j][1]);
-                *(float2 *)(cs + (mr + g + 8) * SVDQ_CP + cc) = make_float2(acc[j][2], acc[j][3]);
-            }
+        for (int j = 0; j < 4; j++) {
+            const uint4 bv = *(const uint4 *)(dsT + (wc + 8 * (g >> 1) + 2 * j + (g & 1)) * SVDQ_RANK + 8 * t);
+            mma16816<ODT>(acc[j], cur.up[0].x, cur.up[1].x, cur.up[0].y, cur.up[1].y, bv.x, bv.y);
+            mma16816<ODT>(acc[j], cur.up[0].z, cur.up[1].z, cur.up[0].w, cur.up[1].w, bv.z, bv.w);
         }
-        __syncthreads(); /* the correction is complete; the fragments are read */
-
-        /* elementwise stage + correction, one rounding, 16-byte stores */
 #pragma unroll
-        for (int i = 0; i < SVDQ_UNITS; i++) {
-            if (!cur.uv[i]) continue;
-            const int rr = svdq_rr(tid, i), cc = svdq_cc(tid, i);
-            const int64_t e0 = (r0 + rr) * a.cols + c0 + cc;
+        for (int i = 0; i < 2; i++) {
+            if (!cur.ok[i]) continue;
             int32_t c[UNIT];
             unpack_unit_words<BITS>(cur.b[i], c);
             float r[UNIT];
-            if (cur.one[i]) { /* one group for the whole unit: its scale is in registers */
-                if (asym) {
+            if (asym) {
 #pragma unroll
-                    for (int k = 0; k < UNIT; k++) r[k] = scale_value_hw<SDT>(lut[c[k]], cur.s[i], cur.z[i], true);
-                } else {
-#pragma unroll
-                    for (int k = 0; k < UNIT; k++) r[k] = scale_value_hw<SDT>(lut[c[k]], cur.s[i], 0.0f, false);
-                }
+                for (int k = 0; k < UNIT; k++) r[k] = scale_value_hw<SDT>(lut[c[k]], cur.s[i], cur.z[i], true);
             } else {
-                for (int k = 0; k < UNIT; k++) {
-                    const int64_t ok = (e0 + k) / a.d.red;
-                    const float s = ld_float<SDT>(a.d.scale, ok * a.d.ss0);
-                    const float z = asym ? ld_float<SDT>(a.d.zp, ok * a.d.zs0) : 0.0f;
-                    r[k] = scale_value_hw<SDT>(lut[c[k]], s, z, asym);
-                }
-            }
-            const float4 cv0 = *(const float4 *)(cs + rr * SVDQ_CP + cc);
-            const float4 cv1 = *(const float4 *)(cs + rr * SVDQ_CP + cc + 4);
-            const float cr[UNIT] = {cv0.x, cv0.y, cv0.z, cv0.w, cv1.x, cv1.y, cv1.z, cv1.w};
 #pragma unroll
-            for (int k = 0; k < UNIT; k++) r[k] = __fadd_rn(round_to_hw<ODT>(r[k]), cr[k]);
-            store_unit<ODT>(a.d.out, e0, r);
+                for (int k = 0; k < UNIT; k++) r[k] = scale_value_hw<SDT>(lut[c[k]], cur.s[i], 0.0f, false);
+            }
+#pragma unroll
+            for (int k = 0; k < UNIT; k++) r[k] = __fadd_rn(round_to_hw<ODT>(r[k]), acc[k >> 1][2 * i + (k & 1)]);
+            store_unit<ODT>(a.d.out, (int64_t)((r0 + rr + 8 * i) * (uint32_t)a.cols + c0 + cc), r);
         }
         cur = nxt;
         nxt = nxt2;
