@@ -103,15 +103,16 @@ COMPILED_CONFIGS = ["int8", "float8_e4m3fn", "uint4+svd32"]
 class Timer:
     def __init__(self, reps: int, warmup: int):
         self.reps, self.warmup = reps, warmup
-        self.flush_buf = torch.empty(256 << 20, dtype=torch.uint8, device=DEV)
+        self.flush_buf = torch.ones(256 << 20, dtype=torch.uint8, device=DEV)
 
     def __call__(self, fn) -> float:
-        """median ms of fn() over self.reps calls, L2 evicted before each"""
+        """median ms of fn() over self.reps calls, L2 evicted before each by reading 256 MiB (a write
+        would leave the L2 full of dirty lines, whose write-back the timed call would pay for)"""
         for _ in range(self.warmup):
             fn()
         events = []
         for _ in range(self.reps):
-            self.flush_buf.zero_()
+            self.flush_buf.sum()
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
             fn()
@@ -315,8 +316,16 @@ def bench_linear(args, timer, results):
             ms = timer(L.comfy_dequantize)
             codes_bytes = L.nbytes - sum(v.numel() * v.element_size() for v in (L.up, L.down) if v is not None)
             moved = codes_bytes + N * K * 2
-            results["dequant_bw"].append(dict(dtype=label, N=N, K=K, ms=ms, GBps=moved / (ms * 1e-3) / 1e9,
-                                              pct_copy=100 * moved / (ms * 1e-3) / 1e9 / results["copy_GBps"]))
+            src = torch.empty(moved // 2, dtype=torch.uint8, device=DEV)
+            dst = torch.empty_like(src)
+            copy_ms = timer(lambda: dst.copy_(src))  # the same bytes moved by a device-to-device copy
+            del src, dst
+            bw = dict(dtype=label, N=N, K=K, ms=ms, GBps=moved / (ms * 1e-3) / 1e9,
+                      pct_copy=100 * moved / (ms * 1e-3) / 1e9 / results["copy_GBps"], pct_same_copy=100 * copy_ms / ms)
+            if L.up is not None:  # the fused dequantize + SVD kernel (the dequant path's weight)
+                bw["svd_ms"] = timer(lambda: kernels.dequantize(L.t, L.codes, L.scale, L.zp, L.view, L.shape, BF16,
+                                                                svd=(L.up, L.down)))
+            results["dequant_bw"].append(bw)
             for M in tokens:
                 x = torch.randn(M, K, device=DEV).to(BF16)
                 ref = F.linear(x, L.w, L.bias) if M <= 1024 else None
@@ -468,10 +477,15 @@ def markdown(results, summary) -> str:
                 cells.append("" if s is None else f"{s['ratio']:.2f}" + ("*" if s["ran"] and s["ran"] != [p] else ""))
             lines.append(f"| {d} | {bpw.get(d, 0):.3f} | {p} | " + " | ".join(cells) + " |")
     lines += ["", "`*`: the path fell back for some shape (see `_ran` in bench.json).", "",
-              "## dequantization bandwidth (CUDA kernel, bf16 out)", "", "| dtype | N x K | GB/s | % of copy |",
-              "|---|---|---|---|"]
+              "## dequantization bandwidth (CUDA kernel, bf16 out)", "",
+              "bytes read + written against a 1 GiB device-to-device copy and against a copy moving the same bytes; "
+              "the last column times the fused dequantize + SVD kernel of the SVD layouts.", "",
+              "| dtype | N x K | us | GB/s | % of copy | % of same-size copy | with SVD, us |", "|---|---|---|---|---|---|---|"]
     for r in results["dequant_bw"]:
-        lines.append(f"| {r['dtype']} | {r['N']}x{r['K']} | {r['GBps']:.0f} | {r['pct_copy']:.0f}% |")
+        svd = f"{r['svd_ms'] * 1e3:.1f}" if "svd_ms" in r else ""
+        same = f"{r['pct_same_copy']:.0f}%" if "pct_same_copy" in r else ""
+        lines.append(f"| {r['dtype']} | {r['N']}x{r['K']} | {r['ms'] * 1e3:.1f} | {r['GBps']:.0f} | {r['pct_copy']:.0f}% | "
+                     f"{same} | {svd} |")
     if results["ceilings"]:
         lines += ["", "## bare cuBLASLt GEMM (random operands) vs bf16", "", "| path | N x K | M | ratio |",
                   "|---|---|---|---|"]
