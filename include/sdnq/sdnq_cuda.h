@@ -36,9 +36,10 @@ SDNQ_API sdnq_status sdnq_cuda_dequantize(const sdnq_dequant_desc *d, void *stre
 /* sdnq_cuda_dequantize, then svd (whose w must be d's output: same pointer,
  * dtype and element count, row-major [rows, cols]): the dequantizer's
  * elementwise stage and SVD correction. One fused kernel where it applies
- * (<= 8-bit codes, no codebook, output in code order with inner == 1, cols a
- * multiple of 8, 16-byte aligned codes and output, BF16/F16 output with up and
- * down in that dtype): the rank-r product on the tensor cores, added in fp32 to
+ * (rank <= 32, <= 8-bit codes, no codebook, output in code order with inner ==
+ * 1 and groups of a multiple of 8 codes, cols a multiple of 8, 16-byte aligned
+ * codes and output, BF16/F16 output with up and down in that dtype): the
+ * rank-r product on the tensor cores, added in fp32 to
  * the elementwise result rounded to the output dtype, one more rounding - the
  * two steps' operations, the rank sum in another order. Otherwise the two
  * launches in sequence. */
