@@ -483,9 +483,8 @@ def markdown(results, summary) -> str:
               "| dtype | N x K | us | GB/s | % of copy | % of same-size copy | with SVD, us |", "|---|---|---|---|---|---|---|"]
     for r in results["dequant_bw"]:
         svd = f"{r['svd_ms'] * 1e3:.1f}" if "svd_ms" in r else ""
-        same = f"{r['pct_same_copy']:.0f}%" if "pct_same_copy" in r else ""
         lines.append(f"| {r['dtype']} | {r['N']}x{r['K']} | {r['ms'] * 1e3:.1f} | {r['GBps']:.0f} | {r['pct_copy']:.0f}% | "
-                     f"{same} | {svd} |")
+                     f"{r['pct_same_copy']:.0f}% | {svd} |")
     if results["ceilings"]:
         lines += ["", "## bare cuBLASLt GEMM (random operands) vs bf16", "", "| path | N x K | M | ratio |",
                   "|---|---|---|---|"]

@@ -361,8 +361,8 @@ extern "C" sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream) {
     }
     /* split-K over persistent blocks (gemv.cuh): at most the two per multiprocessor that run at
      * once and the segments the work buffer holds, equal ranges of items */
-    int64_t blocks = 2 * (int64_t)device_sms();
-    if (blocks > gemv_blocks_fit(d)) blocks = gemv_blocks_fit(d); /* >= 1: prepare() */
+    const int64_t fit = gemv_blocks_fit(d); /* >= 1: prepare() */
+    const int64_t blocks = fit < 2 * (int64_t)device_sms() ? fit : 2 * (int64_t)device_sms();
     a.ipb = (int32_t)((a.items + blocks - 1) / blocks);
     const unsigned grid = (unsigned)((a.items + a.ipb - 1) / a.ipb);
     /* prepare() refused widths outside 2..8 */
