@@ -33,7 +33,8 @@
  * each weight is dequantized to dequant.cuh's value in x's dtype (value * scale
  * (+ zero point), rounded as sdnq rounds) and multiplied; y differs from
  * F.linear(x, W_dequantized) only by the fp32 summation order. Code values come
- * from a shared lookup table (sdnq_weight_value), except for 4- and 8-bit
+ * from a shared lookup table (sdnq_weight_value; one copy per lane for 6- to
+ * 8-bit codes, gemv_lut_copies), except for 4- and 8-bit
  * integer types (int4, uint4, int8, uint8): 8-bit codes through the float "magic
  * number" (the byte placed into the mantissa of 2^23 with one byte permute, 2^23
  * minus the type's offset subtracted), 4-bit codes in the factored mode two per
@@ -300,12 +301,32 @@ __device__ __forceinline__ void gemv_load_x(const GemvArgs &a, const uint16_t *c
     }
 }
 
+/* Copies of the value table in shared memory: one per lane where the table has more entries
+ * than shared memory has banks (6- to 8-bit codes), entry c of lane l at lut[c * 32 + l], so a
+ * warp's 32 lookups never meet in a bank (with one 256-entry table, the random codes of 32 lanes
+ * serialize each lookup several ways); narrower tables need one copy, their distinct codes
+ * sitting in distinct banks already. */
+template <int BITS> struct gemv_lut_copies {
+    static constexpr int value = (1 << BITS) > 32 ? 32 : 1;
+};
+
+/* the table of build_lut in COPIES copies (all threads call it, a __syncthreads() must follow);
+ * the copies are written rotated by the code, so a warp's stores hit distinct banks too */
+template <int BITS, int COPIES>
+__device__ __forceinline__ void gemv_build_lut(float *lut, sdnq_type_traits t, int32_t sdt) {
+    for (int c = threadIdx.x; c < (1 << BITS); c += blockDim.x) {
+        const float v = sdnq_weight_value(&t, (uint32_t)c, sdt);
+        for (int r = 0; r < COPIES; r++) lut[c * COPIES + (r + c) % COPIES] = v;
+    }
+}
+
 /* float(2^23 + byte q of w) */
 __device__ __forceinline__ float magic_byte(uint32_t w, int q) {
     return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7440u | (uint32_t)q));
 }
 
-/* the raw values (before scaling) of unit u (codes 8u .. 8u+7) of 32 codes in w */
+/* the raw values (before scaling) of unit u (codes 8u .. 8u+7) of 32 codes in w; lut is this
+ * lane's view of the value table (gemv_lut_copies) */
 template <int BITS, int DEC>
 __device__ __forceinline__ void gemv_unit_values(const GemvArgs &a, const float *lut, const uint32_t (&w)[BITS], int u,
                                                  float (&v)[UNIT]) {
@@ -334,7 +355,7 @@ __device__ __forceinline__ void gemv_unit_values(const GemvArgs &a, const float 
         int32_t c[UNIT];
         unpack_unit<BITS>(ub, c);
 #pragma unroll
-        for (int k = 0; k < UNIT; k++) v[k] = lut[c[k]];
+        for (int k = 0; k < UNIT; k++) v[k] = lut[c[k] * gemv_lut_copies<BITS>::value];
     }
 }
 
@@ -501,14 +522,16 @@ template <int NT> __device__ __forceinline__ float *gemv_segment(const GemvArgs 
  * the warps never meet. gemv_finish_kernel sums the segments of each tile in block order. */
 template <int BITS, int XDT, int SDT, int NT, int DEC, bool FACT>
 __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a) {
-    __shared__ float lut[DEC == DEC_LUT ? 1 << BITS : 1];
+    constexpr int COPIES = gemv_lut_copies<BITS>::value;
+    __shared__ float lut_all[DEC == DEC_LUT ? (1 << BITS) * COPIES : 1];
     if constexpr (DEC == DEC_LUT) {
-        build_lut(lut, a.t, SDT);
+        gemv_build_lut<BITS, COPIES>(lut_all, a.t, SDT);
         __syncthreads();
     }
     grid_dependency_trigger(); /* the finishing kernel may launch; it waits for this grid's end */
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    const float *lut = lut_all + (COPIES > 1 ? lane : 0); /* this lane's copy */
     constexpr bool PACKED = gemv_packed<BITS, DEC, FACT>::value;
     /* the factored mode's chunk sums take registers: one stage fewer there */
     constexpr int STAGES = gemv_stages<BITS, NT>::value - (FACT && gemv_stages<BITS, NT>::value > 2 ? 1 : 0);
