@@ -130,6 +130,13 @@ def copy_bandwidth(timer: Timer) -> float:
     return 2 * (1 << 30) / (ms * 1e-3) / 1e9
 
 
+def fill_bandwidth(timer: Timer) -> float:
+    """writing 1 GiB (fill_), GB/s: the ceiling of a kernel that mostly writes"""
+    dst = torch.empty(1 << 30, dtype=torch.uint8, device=DEV)
+    ms = timer(lambda: dst.fill_(1))
+    return (1 << 30) / (ms * 1e-3) / 1e9
+
+
 def host_time_us(fn, n: int = 30) -> float:
     """host time of one fn() call (Python, dispatch, launches), the GPU held busy meanwhile"""
     fn()
@@ -320,8 +327,12 @@ def bench_linear(args, timer, results):
             dst = torch.empty_like(src)
             copy_ms = timer(lambda: dst.copy_(src))  # the same bytes moved by a device-to-device copy
             del src, dst
+            out = torch.empty(N * K, dtype=BF16, device=DEV)
+            fill_ms = timer(lambda: out.fill_(1))  # writing the bf16 weight alone
+            del out
             bw = dict(dtype=label, N=N, K=K, ms=ms, GBps=moved / (ms * 1e-3) / 1e9,
-                      pct_copy=100 * moved / (ms * 1e-3) / 1e9 / results["copy_GBps"], pct_same_copy=100 * copy_ms / ms)
+                      pct_copy=100 * moved / (ms * 1e-3) / 1e9 / results["copy_GBps"], pct_same_copy=100 * copy_ms / ms,
+                      fill_ms=fill_ms)
             if L.up is not None:  # the fused dequantize + SVD kernel (the dequant path's weight)
                 bw["svd_ms"] = timer(lambda: kernels.dequantize(L.t, L.codes, L.scale, L.zp, L.view, L.shape, BF16,
                                                                 svd=(L.up, L.down)))
@@ -461,7 +472,8 @@ def markdown(results, summary) -> str:
     tokens = sorted({r["M"] for r in results["linear"]})
     lines = [f"# comfy_sdnq GPU benchmark: {results['device']}", "",
              f"torch {results['torch']}, sdnq {results['sdnq']}, {results['date']}; `{results['command']}`", "",
-             f"device-to-device copy: {results['copy_GBps']:.0f} GB/s (read + write)", "",
+             f"device-to-device copy: {results['copy_GBps']:.0f} GB/s (read + write); writing alone (fill): "
+             f"{results['fill_GBps']:.0f} GB/s", "",
              "## speed vs bf16 cuBLAS (t_bf16 / t_path, summed over shapes; > 1 is faster)", "",
              "| dtype | bytes/weight | path | " + " | ".join(f"M={m}" for m in tokens) + " |",
              "|---|---|---|" + "---|" * len(tokens)]
@@ -479,12 +491,14 @@ def markdown(results, summary) -> str:
     lines += ["", "`*`: the path fell back for some shape (see `_ran` in bench.json).", "",
               "## dequantization bandwidth (CUDA kernel, bf16 out)", "",
               "bytes read + written against a 1 GiB device-to-device copy and against a copy moving the same bytes; "
+              "`write only`: the time to write the bf16 weight alone (fill_), what no dequantization can beat; "
               "the last column times the fused dequantize + SVD kernel of the SVD layouts.", "",
-              "| dtype | N x K | us | GB/s | % of copy | % of same-size copy | with SVD, us |", "|---|---|---|---|---|---|---|"]
+              "| dtype | N x K | us | GB/s | % of copy | % of same-size copy | write only, us | with SVD, us |",
+              "|---|---|---|---|---|---|---|---|"]
     for r in results["dequant_bw"]:
         svd = f"{r['svd_ms'] * 1e3:.1f}" if "svd_ms" in r else ""
         lines.append(f"| {r['dtype']} | {r['N']}x{r['K']} | {r['ms'] * 1e3:.1f} | {r['GBps']:.0f} | {r['pct_copy']:.0f}% | "
-                     f"{r['pct_same_copy']:.0f}% | {svd} |")
+                     f"{r['pct_same_copy']:.0f}% | {r['fill_ms'] * 1e3:.1f} | {svd} |")
     if results["ceilings"]:
         lines += ["", "## bare cuBLASLt GEMM (random operands) vs bf16", "", "| path | N x K | M | ratio |",
                   "|---|---|---|---|"]
@@ -632,7 +646,9 @@ def main():
     print(f"bench_gpu: {results['device']}, torch {results['torch']}, sdnq {results['sdnq']}, "
           f"comfy_sdnq CUDA backend: {results['comfy_sdnq_cuda']}", flush=True)
     results["copy_GBps"] = copy_bandwidth(timer)
-    print(f"device-to-device copy: {results['copy_GBps']:.0f} GB/s", flush=True)
+    results["fill_GBps"] = fill_bandwidth(timer)
+    print(f"device-to-device copy: {results['copy_GBps']:.0f} GB/s, write only (fill): "
+          f"{results['fill_GBps']:.0f} GB/s", flush=True)
     bench_linear(args, timer, results)
     if args.sdnq_compiled and sdnq is not None:
         run_compiled(args, results)
