@@ -174,12 +174,14 @@ def measure(name, model, x, args, device, stats=None, steps=None):
             model(**x)
         sync(device)
         moved0 = stats.as_dict() if stats is not None else None
+        host = []  # time to enqueue each step's work (the call's return, before the sync)
         for _ in range(steps):
             t = time.perf_counter()
             model(**x)
+            host.append(time.perf_counter() - t)
             sync(device)
             times.append(time.perf_counter() - t)
-    row = {"first_call_s": first, "step_s": statistics.median(times), "steps_s": times,
+    row = {"first_call_s": first, "step_s": statistics.median(times), "steps_s": times, "host_steps_s": host,
            "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
     if stats is not None:
         after = stats.as_dict()
@@ -187,7 +189,9 @@ def measure(name, model, x, args, device, stats=None, steps=None):
         row["h2d_bytes_per_step"] = (after["bytes_moved"] - moved0["bytes_moved"]) / steps
         row["copy_wait_s_per_step"] = (after["wait_s"] - moved0["wait_s"]) / steps
         row["throttle_s_per_step"] = (after["throttle_s"] - moved0["throttle_s"]) / steps
-    print(f"  {name}: step {row['step_s'] * 1e3:.1f} ms (first call {first * 1e3:.1f} ms)", flush=True)
+    print(f"  {name}: step {row['step_s'] * 1e3:.1f} ms (first call {first * 1e3:.1f} ms; host enqueue "
+          f"{statistics.median(host) * 1e3:.1f} ms); steps "
+          + " ".join(f"{a * 1e3:.0f}/{b * 1e3:.0f}" for a, b in zip(times, host)) + " ms (step/host)", flush=True)
     return row, out.float().cpu()
 
 
