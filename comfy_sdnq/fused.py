@@ -132,7 +132,7 @@ def linear(x: torch.Tensor, qdata: torch.Tensor, p, bias: torch.Tensor | None) -
     for part in parts_of(qdata, p, x.dtype):
         n = part.shape[0]
         b = None if bias is None else bias[r:r + n]
-        outs.append(torch.nn.functional.linear(x, part if layout.is_sdnq(part) else part.to(x.dtype), b))
+        outs.append(layout.functional_linear(x, part if layout.is_sdnq(part) else part.to(x.dtype), b))
         r += n
     return torch.cat(outs, dim=-1)
 

@@ -87,6 +87,8 @@ def _pick(impl: str | None, *tensors: torch.Tensor, cuda: bool = False) -> str:
     cuda=True, when every tensor is on a CUDA device and impl is None or "fast")"""
     if impl is not None and impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if cuda and impl in (None, "fast") and _C_cuda is not None and all(t is None or t.is_cuda for t in tensors):
+        return "cuda"  # the common case on a GPU, decided first: this runs on every linear call
     on_cpu = all(t is None or t.device.type == "cpu" for t in tensors)
     on_cuda = all(t is None or t.device.type in _CUDA_DEVICE_TYPES for t in tensors)
     if cuda and impl in (None, "fast") and on_cuda and (not on_cpu or "cpu" in _CUDA_DEVICE_TYPES):

@@ -85,6 +85,21 @@ class SDNQParams(BaseLayoutParams):
         """every byte that streams with the weight: codes and all side tensors"""
         return qdata.nbytes + sum(getattr(self, f).nbytes for f in self._tensor_fields())
 
+    # Derived values that every F.linear on the weight needs (aten.t, then addmm/mm), made once
+    # per params object and kept in its __dict__ beside the frozen fields (params never change;
+    # moving or copying a weight makes new params). Only forward references: the transposed
+    # params do not point back, so no reference cycle keeps device tensors alive.
+
+    def transposed_params(self) -> SDNQParams:
+        """these params with logical_t flipped (what aten.t makes of the weight). Not named
+        `transposed`: comfy-kitchen reads an attribute of that name as a layout flag."""
+        t = self.__dict__.get("_transposed")
+        if t is None:
+            s = self.orig_shape
+            t = dataclasses.replace(self, orig_shape=(s[1], s[0]), logical_t=not self.logical_t)
+            object.__setattr__(self, "_transposed", t)
+        return t
+
 
 def _scale_values(p: SDNQParams, which: str) -> torch.Tensor | None:
     """scale or zero_point as plain values, undoing double quantization"""
@@ -113,8 +128,15 @@ def _as3d(values: torch.Tensor | None, p: SDNQParams) -> torch.Tensor | None:
 
 
 def side_tensors(p: SDNQParams) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(scale, zero_point) ready for the ops: plain values, 3-D"""
-    return _as3d(_scale_values(p, "scale"), p), _as3d(_scale_values(p, "zero_point"), p)
+    """(scale, zero_point) ready for the ops: plain values, 3-D. Views of the file's tensors
+    are kept with the params (see SDNQParams.transposed_params); double-quantized ones are decoded per
+    call instead of holding a second copy on the device."""
+    st = p.__dict__.get("_side")
+    if st is None:
+        st = _as3d(_scale_values(p, "scale"), p), _as3d(_scale_values(p, "zero_point"), p)
+        if not p.scale_type and not p.zero_point_type:
+            object.__setattr__(p, "_side", st)
+    return st
 
 
 def dequantize(qdata: torch.Tensor, p: SDNQParams, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -126,12 +148,28 @@ def dequantize(qdata: torch.Tensor, p: SDNQParams, dtype: torch.dtype | None = N
 
 
 def linear(x: torch.Tensor, qdata: torch.Tensor, p: SDNQParams, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear(x, W, bias) for the weight W the params describe"""
-    if len(p.weight_shape) != 2:
+    """F.linear(x, W, bias) for the weight W the params describe (params of W or, logical_t, of
+    W.t(): the op reads the stored layout either way)"""
+    if len(p.weight_shape) != 2:  # no logical_t here: aten.t makes it for 2-D weights only
         return torch.nn.functional.linear(x, dequantize(qdata, p, x.dtype), bias)
     scale, zero_point = side_tensors(p)
+    if x.is_cuda and not torch.compiler.is_compiling():
+        # eager CUDA: the op's implementation itself, without a second pass through the dispatcher
+        # (host time per call counts where a step runs hundreds of layers; the op stays what
+        # tracing, meta/fake tensors and the other devices go through)
+        return ops.linear_impl(x, qdata, scale, zero_point, p.svd_up, p.svd_down, bias, p.wtype, p.view,
+                               p.weight_shape, p.flags, p.hadamard)
     return ops.linear(x, qdata, scale, zero_point, p.svd_up, p.svd_down, bias, p.wtype, p.view, p.weight_shape,
                       p.flags, p.hadamard)
+
+
+def functional_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear(x, w, bias) for any weight; an SDNQ weight goes to linear() directly instead of
+    through aten.linear's decomposition (aten.t, then addmm/mm: two trips into __torch_dispatch__
+    and a transposed QuantizedTensor per call)"""
+    if is_sdnq(w) and not w.params.logical_t and not is_sdnq(x) and not torch.compiler.is_compiling():
+        return linear(x, w._qdata, w.params, bias)
+    return torch.nn.functional.linear(x, w, bias)
 
 
 class SDNQLayout(QuantizedLayout):
@@ -201,9 +239,7 @@ def _t(qt, args, kwargs):
     w = args[0]
     if len(w.shape) != 2:
         return torch.ops.aten.t.default(w.dequantize())
-    p = w.params
-    return make(w._qdata, dataclasses.replace(p, orig_shape=(p.orig_shape[1], p.orig_shape[0]),
-                                              logical_t=not p.logical_t))
+    return make(w._qdata, w.params.transposed_params())
 
 
 def _mm_weight(b):
@@ -217,8 +253,7 @@ def _mm(qt, args, kwargs):
     wt = _mm_weight(b)
     if wt is None or is_sdnq(a):
         return torch.mm(*dequantize_args(args), **dequantize_args(kwargs))
-    p = dataclasses.replace(wt.params, orig_shape=wt.params.weight_shape, logical_t=False)
-    return linear(a, wt._qdata, p, None)
+    return linear(a, wt._qdata, wt.params, None)
 
 
 @register_layout_op(torch.ops.aten.addmm.default, SDNQLayout)
@@ -228,5 +263,4 @@ def _addmm(qt, args, kwargs):
     beta, alpha = kwargs.get("beta", 1), kwargs.get("alpha", 1)
     if wt is None or is_sdnq(a) or beta != 1 or alpha != 1 or bias.dim() != 1:
         return torch.addmm(*dequantize_args(args), **dequantize_args(kwargs))
-    p = dataclasses.replace(wt.params, orig_shape=wt.params.weight_shape, logical_t=False)
-    return linear(a, wt._qdata, p, bias)
+    return linear(a, wt._qdata, wt.params, bias)

@@ -115,13 +115,18 @@ _FP8_FUSED_REFUSED: set = set()  # devices whose cuBLASLt refused outer-vector f
 
 
 def _env_path(t, transposed: bool, codebook: bool) -> str | None:
-    """the opt-in W8A8/W4A8 path the environment asks for this weight type, if any"""
-    mode = os.environ.get("COMFY_SDNQ_W8A8", "").lower()
-    if mode == "int8" and t.name == "int8" and not codebook:
-        return "w8a8_int8"
-    if mode == "fp8" and t.name == "float8_e4m3fn" and not codebook:
-        return "w8a8_fp8"
-    if os.environ.get("COMFY_SDNQ_W4A8", "") not in ("", "0") and t.is_integer and t.bits == 4 and not transposed:
+    """the opt-in W8A8/W4A8 path the environment asks for this weight type, if any (the type is
+    looked at first: the environment is read only for the types a path takes)"""
+    if codebook:
+        return None
+    if t.name in ("int8", "float8_e4m3fn"):
+        mode = os.environ.get("COMFY_SDNQ_W8A8", "").lower()
+        if mode == "int8" and t.name == "int8":
+            return "w8a8_int8"
+        if mode == "fp8" and t.name == "float8_e4m3fn":
+            return "w8a8_fp8"
+        return None
+    if t.is_integer and t.bits == 4 and not transposed and os.environ.get("COMFY_SDNQ_W4A8", "") not in ("", "0"):
         return "w4a8"
     return None
 

@@ -77,6 +77,47 @@ def test_linear_matches_dequantize_then_linear(wtype, opts):
     torch.testing.assert_close(qt * 2, qt.dequantize() * 2, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("wtype,opts", CASES)
+def test_functional_linear_is_f_linear(wtype, opts):
+    """layout.functional_linear (the ComfyUI layers' call, skipping aten.linear's decomposition)
+    gives F.linear's bits on SDNQ weights, and is F.linear on anything else"""
+    torch.manual_seed(0)
+    qt = quantize(torch.randn(96, 128, dtype=torch.bfloat16), wtype, **opts)
+    x = torch.randn(2, 3, 128, dtype=torch.bfloat16)
+    b = torch.randn(96, dtype=torch.bfloat16)
+    for bias in (b, None):
+        torch.testing.assert_close(layout.functional_linear(x, qt, bias), torch.nn.functional.linear(x, qt, bias),
+                                   rtol=0, atol=0)
+    dense, xt = torch.randn(96, 128, dtype=torch.bfloat16), torch.randn(4, 96, dtype=torch.bfloat16)
+    torch.testing.assert_close(layout.functional_linear(x, dense, b), torch.nn.functional.linear(x, dense, b),
+                               rtol=0, atol=0)
+    # a transposed SDNQ weight (W^T: [128, 96]) takes F.linear's own route, which dequantizes it
+    want = torch.nn.functional.linear(xt, qt.dequantize().t())
+    torch.testing.assert_close(layout.functional_linear(xt, qt.t()), want, rtol=0, atol=0)
+
+
+def test_params_caches_per_object():
+    """aten.t makes its transposed params once per params object, without a reference back; the
+    side tensors are cached as views, except double-quantized ones (decoded per call, no second copy)"""
+    torch.manual_seed(0)
+    qt = quantize(torch.randn(96, 128, dtype=torch.bfloat16), "uint4", use_svd=True, svd_rank=8)
+    p = qt.params
+    t1, t2 = qt.t(), qt.t()
+    assert t1.params is t2.params and t1.params is p.transposed_params()
+    assert t1.shape == (128, 96) and t1.params.logical_t and not p.logical_t
+    assert "_transposed" not in t1.params.__dict__  # no cycle keeping device tensors alive
+    assert t1.t().params.orig_shape == p.orig_shape and not t1.t().params.logical_t
+    torch.testing.assert_close(t1.dequantize(), qt.dequantize().t(), rtol=0, atol=0)
+    s1, s2 = layout.side_tensors(p), layout.side_tensors(p)
+    assert s1[0] is s2[0] and s1[0].data_ptr() == p.scale.data_ptr()
+    dq = quantize(torch.randn(64, 256, dtype=torch.bfloat16), "uint4", group_size=32, scale_dtype="int8",
+                  zero_point_dtype="int8")
+    assert dq.params.scale_type and dq.params.zero_point_type
+    d1, d2 = layout.side_tensors(dq.params), layout.side_tensors(dq.params)
+    assert d1[0] is not d2[0] and "_side" not in dq.params.__dict__
+    torch.testing.assert_close(d1[0], d2[0], rtol=0, atol=0)
+
+
 def test_torch_compile_traces_model():
     torch.manual_seed(0)
 
@@ -151,3 +192,19 @@ def test_meta_tensors_for_shape_only_loading():
     assert meta.shape == (64, 256) and meta.dtype == torch.bfloat16 and meta.device.type == "meta"
     out = torch.ops.sdnq.dequantize(*op_args(meta))
     assert out.shape == (64, 256) and out.device.type == "meta"
+
+
+def test_bench_host_smoke(tmp_path):
+    """benchmarks/bench_host.py runs on the CPU (its GPU rows need a GPU) and times every entry point"""
+    out = tmp_path / "host.json"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_host.py"), "--device", "cpu",
+                        "--shape", "64x64", "--tokens", "1,32", "--calls", "2", "--configs", "int8,uint4+svd32",
+                        "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    rows = json.loads(out.read_text())["rows"]
+    got = {(x["dtype"], x["M"], x["entry"]) for x in rows}
+    entries = ("bf16", "F.linear", "functional")
+    assert got == {(d, m, e) for d in ("int8", "uint4+svd32") for m in (1, 32) for e in entries}
+    assert all(x["host_us"] > 0 for x in rows)

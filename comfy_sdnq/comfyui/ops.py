@@ -139,7 +139,13 @@ class SDNQOps(comfy.ops.manual_cast):
         def forward_comfy_cast_weights(self, input, *args, **kwargs):
             patches = _lora_patches(self)
             if patches is None:
-                return super().forward_comfy_cast_weights(input, *args, **kwargs)
+                if args or kwargs or not layout.is_sdnq(self._parameters.get("weight")):
+                    return super().forward_comfy_cast_weights(input, *args, **kwargs)
+                # comfy.ops' own forward, with the SDNQ linear op called directly (layout.functional_linear)
+                weight, bias, offload_stream = comfy.ops.cast_bias_weight(self, input, offloadable=True)
+                x = layout.functional_linear(input, weight, bias)
+                comfy.ops.uncast_bias_weight(self, weight, bias, offload_stream)
+                return x
             funcs = self.weight_function
             self.weight_function = []  # cast the weight as it is, no dequantize + add
             try:
@@ -150,7 +156,7 @@ class SDNQOps(comfy.ops.manual_cast):
                 comfy.ops.uncast_bias_weight(self, weight, bias, offload_stream)
                 return super().forward_comfy_cast_weights(input, *args, **kwargs)
             cache = self.__dict__.setdefault("_sdnq_lora_cache", {})
-            x = torch.nn.functional.linear(input, _with_lora(weight, patches, cache, input.dtype), bias)
+            x = layout.functional_linear(input, _with_lora(weight, patches, cache, input.dtype), bias)
             comfy.ops.uncast_bias_weight(self, weight, bias, offload_stream)
             type(self).lora_svd_calls += 1
             return x
