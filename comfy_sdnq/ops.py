@@ -117,9 +117,9 @@ _FP8_FUSED_REFUSED: set = set()  # devices whose cuBLASLt refused outer-vector f
 def _env_path(t, transposed: bool, codebook: bool) -> str | None:
     """the opt-in W8A8/W4A8 path the environment asks for this weight type, if any (the type is
     looked at first: the environment is read only for the types a path takes)"""
-    if codebook:
-        return None
     if t.name in ("int8", "float8_e4m3fn"):
+        if codebook:
+            return None
         mode = os.environ.get("COMFY_SDNQ_W8A8", "").lower()
         if mode == "int8" and t.name == "int8":
             return "w8a8_int8"

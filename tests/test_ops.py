@@ -208,3 +208,23 @@ def test_bench_host_smoke(tmp_path):
     entries = ("bf16", "F.linear", "functional")
     assert got == {(d, m, e) for d in ("int8", "uint4+svd32") for m in (1, 32) for e in entries}
     assert all(x["host_us"] > 0 for x in rows)
+
+
+def test_env_paths(monkeypatch):
+    """the opt-in CUDA paths each environment setting selects, per weight type and layout"""
+    from comfy_sdnq import dtypes
+
+    int8, fp8, uint4, int5 = (dtypes.get(n) for n in ("int8", "float8_e4m3fn", "uint4", "int5"))
+    monkeypatch.delenv("COMFY_SDNQ_W8A8", raising=False)
+    monkeypatch.delenv("COMFY_SDNQ_W4A8", raising=False)
+    assert [ops._env_path(t, False, False) for t in (int8, fp8, uint4)] == [None, None, None]
+    monkeypatch.setenv("COMFY_SDNQ_W8A8", "INT8")
+    assert ops._env_path(int8, False, False) == "w8a8_int8" and ops._env_path(int8, True, False) == "w8a8_int8"
+    assert ops._env_path(int8, False, True) is None and ops._env_path(fp8, False, False) is None
+    monkeypatch.setenv("COMFY_SDNQ_W8A8", "fp8")
+    assert ops._env_path(fp8, False, False) == "w8a8_fp8" and ops._env_path(int8, False, False) is None
+    monkeypatch.setenv("COMFY_SDNQ_W4A8", "1")
+    assert ops._env_path(uint4, False, False) == "w4a8" and ops._env_path(uint4, False, True) == "w4a8"
+    assert ops._env_path(uint4, True, False) is None and ops._env_path(int5, False, False) is None
+    monkeypatch.setenv("COMFY_SDNQ_W4A8", "0")
+    assert ops._env_path(uint4, False, False) is None
