@@ -153,10 +153,10 @@ def linear(x: torch.Tensor, qdata: torch.Tensor, p: SDNQParams, bias: torch.Tens
     if len(p.weight_shape) != 2:  # no logical_t here: aten.t makes it for 2-D weights only
         return torch.nn.functional.linear(x, dequantize(qdata, p, x.dtype), bias)
     scale, zero_point = side_tensors(p)
-    if x.is_cuda and not torch.compiler.is_compiling():
-        # eager CUDA: the op's implementation itself, without a second pass through the dispatcher
-        # (host time per call counts where a step runs hundreds of layers; the op stays what
-        # tracing, meta/fake tensors and the other devices go through)
+    if x.is_cuda and not x.requires_grad and not torch.compiler.is_compiling():
+        # eager CUDA inference: the op's implementation itself, without a second pass through the
+        # dispatcher (host time per call counts where a step runs hundreds of layers; the op stays
+        # what tracing, autograd, meta/fake tensors and the other devices go through)
         return ops.linear_impl(x, qdata, scale, zero_point, p.svd_up, p.svd_down, bias, p.wtype, p.view,
                                p.weight_shape, p.flags, p.hadamard)
     return ops.linear(x, qdata, scale, zero_point, p.svd_up, p.svd_down, bias, p.wtype, p.view, p.weight_shape,
