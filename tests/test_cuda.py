@@ -232,14 +232,17 @@ def test_hadamard(wdt, h, h4):
 @pytest.mark.parametrize("odt", [BF16, F16, F32], ids=str)
 @pytest.mark.parametrize("rows,cols,rank,group,strided", [(100, 264, 40, 24, False), (64, 128, 32, 128, True),
                                                           (7, 8, 3, 8, False), (130, 136, 16, 17, True),
-                                                          (200, 520, 32, 80, False), (96, 256, 20, 64, False)])
+                                                          (200, 520, 32, 80, False), (96, 256, 20, 64, False),
+                                                          (200, 640, 32, 64, False), (1000, 3072, 32, 128, True)])
 def test_dequant_svd(name, odt, rows, cols, rank, group, strided):
     """kernels.dequantize(svd=...): the fused dequantize + SVD kernel (BF16/F16 output with factors
     in that dtype; F32 output takes the two launches) vs the C core's dequantize + svd_add, within
     test_svd_add's tolerance. Tiles cut at the edges, ranks that are not a multiple of 8 or 16,
     groups straddling rows, factors stored transposed as sdnq does for quantized-matmul layers; the
     kernel fuses ranks <= 32 with groups of a multiple of 8, the other cases (rank 40, groups
-    straddling units) take the two launches."""
+    straddling units) take the two launches. The two larger shapes give blocks ranges of several
+    tiles that cross strips (on the GPU and in the emulation): the loads step down a strip by
+    fixed offsets where no group straddles a row, and start afresh at each strip."""
     t = dtypes.get(name)
     gen = torch.Generator().manual_seed(rows + cols + rank)
     n = rows * cols

@@ -142,7 +142,8 @@ def test_emu_dequant_errors(emu):
 
 @pytest.mark.parametrize("name", ["uint4", "int8", "int5", "float8_e4m3fn", "int3"])
 @pytest.mark.parametrize("case", [(100, 264, 40, 24, False), (130, 136, 16, 17, True), (7, 8, 3, 8, False),
-                                  (200, 520, 32, 80, False), (64, 128, 32, 128, True), (96, 256, 20, 64, False)])
+                                  (200, 520, 32, 80, False), (64, 128, 32, 128, True), (96, 256, 20, 64, False),
+                                  (200, 640, 32, 64, False)])
 def test_emu_dequant_svd(emu, name, case):
     for odt in (T.BF16, T.F16, T.F32):
         T.test_dequant_svd(name, odt, *case)

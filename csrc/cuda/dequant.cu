@@ -122,6 +122,15 @@ sdnq_status dequant_launch(const sdnq_dequant_desc *d, DequantArgs &a, int64_t n
     return st;
 }
 
+/* the fused kernel's load offsets are 32-bit (SvdCursor): the last scale and zero-point element
+ * and the last up row's start must be below 2^31 (the codes' bytes are: n <= INT32_MAX). Offsets
+ * past the weight are computed in wrapping unsigned arithmetic and never read. */
+bool svd_offsets_fit(const sdnq_dequant_desc *d, const DequantArgs &a, const sdnq_svd_desc *svd) {
+    const int64_t s = sdnq_mul64(d->outer - 1, a.ss0), z = a.asym ? sdnq_mul64(d->outer - 1, a.zs0) : 0;
+    const int64_t u = sdnq_mul64(svd->rows - 1, svd->up_stride[0]);
+    return s >= 0 && s <= INT32_MAX && z >= 0 && z <= INT32_MAX && u >= 0 && u <= INT32_MAX;
+}
+
 }  // namespace
 
 extern "C" sdnq_status sdnq_cuda_dequantize(const sdnq_dequant_desc *d, void *stream) {
@@ -152,7 +161,7 @@ extern "C" sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, cons
                          aligned(d->codes, 16) && aligned(d->out, 16) &&
                          (d->out_dtype == SDNQ_DT_BF16 || d->out_dtype == SDNQ_DT_F16) &&
                          svd->up_dtype == d->out_dtype && svd->down_dtype == d->out_dtype &&
-                         aligned(svd->up, 2) && aligned(svd->down, 2);
+                         aligned(svd->up, 2) && aligned(svd->down, 2) && svd_offsets_fit(d, a, svd);
     if (!fusable) { /* the two steps in sequence, same stream */
         if ((st = dequant_launch(d, a, n, s)) != SDNQ_OK) return st;
         return sdnq_cuda_svd_add(svd, stream);
@@ -174,6 +183,13 @@ extern "C" sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, cons
     sa.down_t = svd->down_stride[0] == 1 && svd->down_stride[1] % 8 == 0 && svd->rank % 8 == 0 &&
                 aligned(svd->down, 16);
     sa.down_c = !sa.down_t && svd->down_stride[1] == 1 && svd->down_stride[0] % 8 == 0 && aligned(svd->down, 16);
+    /* the loads step down a strip by fixed offsets where no scale group straddles a row */
+    const int64_t upr = svd->cols / UNIT; /* units per weight row */
+    sa.inc = upr % sa.d.gunits == 0;
+    const int64_t g8 = sa.inc ? 8 * (upr / sa.d.gunits) : 0; /* groups per 8 rows */
+    sa.s8 = (uint32_t)(g8 * a.ss0);
+    sa.z8 = (uint32_t)(g8 * (a.asym ? a.zs0 : 0));
+    sa.u8 = (uint32_t)(8 * svd->up_stride[0]);
     /* one wave of blocks, each taking an equal contiguous range of the strip-major tile order */
     sa.strips = (svd->cols + SVDQ_TC - 1) / SVDQ_TC;
     const int64_t tiles = sa.strips * ((svd->rows + SVDQ_TR - 1) / SVDQ_TR);

@@ -284,6 +284,12 @@ struct SvdDequantArgs {
     /* 16-byte loads: up rows contiguous along j (up_vec); down contiguous along j (sdnq's
      * column-major factor, "down_t", rank % 8 == 0) or along c ("down_c"); else 2-byte loads */
     int32_t up_vec, down_t, down_c;
+    /* the loads' offsets (SvdCursor) are 32-bit: the codes' bytes because n <= INT32_MAX, the last
+     * scale, zero-point and up-row offsets checked by the launcher; 8 rows further on is u8 up
+     * elements further on, and with `inc` (no scale group straddles a row) s8 / z8 scale /
+     * zero-point elements */
+    int32_t inc;
+    uint32_t s8, z8, u8;
 };
 
 /*
@@ -306,38 +312,75 @@ template <int BITS> struct SvdUnits {
     bool ok[2];  /* the unit lies in the weight */
 };
 
-/* up[r][k0 .. k0+8] as 8 packed 16-bit values, zero past the rank */
-__device__ __forceinline__ uint4 svdq_up8(const SvdDequantArgs &a, int64_t r, int k0) {
-    const uint16_t *up16 = (const uint16_t *)a.up;
-    if (a.up_vec && k0 + 8 <= a.rank) return __ldg((const uint4 *)(up16 + r * a.us0 + k0));
+/* up[row][k0 .. k0+8] as 8 packed 16-bit values, zero past the rank; ro = row * us0 */
+__device__ __forceinline__ uint4 svdq_up8(const SvdDequantArgs &a, uint32_t ro, int k0) {
+    const uint16_t *up16 = (const uint16_t *)a.up + ro;
+    if (a.up_vec && k0 + 8 <= a.rank) return __ldg((const uint4 *)(up16 + k0));
     uint32_t w[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int q = 0; q < 8; q++)
-        if (k0 + q < a.rank) w[q / 2] |= (uint32_t)__ldg(up16 + r * a.us0 + (int64_t)(k0 + q) * a.us1) << (16 * (q % 2));
+        if (k0 + q < a.rank) w[q / 2] |= (uint32_t)__ldg(up16 + (int64_t)(k0 + q) * a.us1) << (16 * (q % 2));
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-/* issue the loads of the tile at rows r0.., columns c0.. for the lane at band row rr and column
- * cc (no waiting); n <= INT32_MAX: element and unit indices fit 32 bits */
-template <int BITS, int SDT>
-__device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, uint32_t r0, uint32_t c0, int rr, int cc, int t,
-                                          SvdUnits<BITS> &U) {
+/* Where a lane's loads of a tile start: its row r in the tile's first band row (g, and r + 8),
+ * column c, and the offsets of its codes (bytes), scale, zero point and up row (elements, up
+ * without the lane's rank offset 8t), all 32-bit. svdq_seek computes them from the tile's
+ * position; with SvdDequantArgs.inc the next tile down the same strip is svdq_advance, a fixed
+ * step (32 rows) added to each, instead of a division and four multiplications per unit. */
+struct SvdCursor {
+    uint32_t r, c, co, so, zo, uo;
+};
+
+template <int BITS>
+__device__ __forceinline__ void svdq_seek(const SvdDequantArgs &a, uint32_t r, uint32_t c, SvdCursor &k) {
     constexpr int UB = unit_geom<BITS>::bytes;
-    const uint32_t rows = (uint32_t)a.rows, cols = (uint32_t)a.cols, c = c0 + cc;
+    k.r = r;
+    k.c = c;
+    /* n <= INT32_MAX: element and unit indices fit 32 bits (garbage past the weight: never read) */
+    const uint32_t u = (r * (uint32_t)a.cols + c) / UNIT;
+    const uint32_t grp = a.d.gunits == 1 ? u : (uint32_t)__umul64hi((unsigned long long)u, a.d.gmagic);
+    k.co = u * (uint32_t)UB;
+    k.so = grp * (uint32_t)a.d.ss0;
+    k.zo = grp * (uint32_t)a.d.zs0;
+    k.uo = r * (uint32_t)a.us0;
+}
+
+template <int BITS> __device__ __forceinline__ void svdq_advance(const SvdDequantArgs &a, SvdCursor &k) {
+    constexpr int UB = unit_geom<BITS>::bytes;
+    k.r += SVDQ_TR;
+    k.co += (uint32_t)a.cols / UNIT * SVDQ_TR * UB;
+    k.so += 4 * a.s8;
+    k.zo += 4 * a.z8;
+    k.uo += 4 * a.u8;
+}
+
+/* issue the loads of the tile the cursor is at (no waiting); the rows g + 8 are 8 rows on */
+template <int BITS, int SDT>
+__device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, const SvdCursor &k, int t, SvdUnits<BITS> &U) {
+    constexpr int UB = unit_geom<BITS>::bytes;
+    const uint32_t rows = (uint32_t)a.rows, cols = (uint32_t)a.cols;
 #pragma unroll
     for (int i = 0; i < 2; i++) {
-        const uint32_t r = r0 + rr + 8 * i;
-        U.ok[i] = r < rows && c < cols;
+        const uint32_t r = k.r + 8 * i;
+        U.ok[i] = r < rows && k.c < cols;
         U.s[i] = U.z[i] = 0.0f;
         U.up[i] = make_uint4(0, 0, 0, 0);
         if (U.ok[i]) { /* red % 8 == 0: one group per unit */
-            const uint32_t u = (r * cols + c) / UNIT;
-            load_unit_words<BITS>((const uint8_t *)a.d.codes + (size_t)u * UB, U.b[i]);
-            const uint32_t grp = a.d.gunits == 1 ? u : (uint32_t)__umul64hi((unsigned long long)u, a.d.gmagic);
-            U.s[i] = ld_float<SDT>(a.d.scale, (int64_t)grp * a.d.ss0);
-            if (a.d.asym) U.z[i] = ld_float<SDT>(a.d.zp, (int64_t)grp * a.d.zs0);
+            if (i == 0 || a.inc) {
+                load_unit_words<BITS>((const uint8_t *)a.d.codes + k.co + i * (cols / UNIT * 8 * UB), U.b[i]);
+                U.s[i] = ld_float<SDT>(a.d.scale, k.so + i * a.s8);
+                if (a.d.asym) U.z[i] = ld_float<SDT>(a.d.zp, k.zo + i * a.z8);
+            } else { /* groups straddle rows: the group of the unit 8 rows on, from its index */
+                const uint32_t u = (r * cols + k.c) / UNIT;
+                const uint32_t grp =
+                    a.d.gunits == 1 ? u : (uint32_t)__umul64hi((unsigned long long)u, a.d.gmagic);
+                load_unit_words<BITS>((const uint8_t *)a.d.codes + (size_t)u * UB, U.b[i]);
+                U.s[i] = ld_float<SDT>(a.d.scale, (int64_t)grp * a.d.ss0);
+                if (a.d.asym) U.z[i] = ld_float<SDT>(a.d.zp, (int64_t)grp * a.d.zs0);
+            }
         }
-        if (r < rows) U.up[i] = svdq_up8(a, r, 8 * t);
+        if (r < rows) U.up[i] = svdq_up8(a, k.uo + i * a.u8, 8 * t);
     }
 }
 
@@ -395,17 +438,26 @@ __global__ void __launch_bounds__(SVDQ_THREADS, SVDQ_BLOCKS_PER_SM) dequant_svd_
     const bool asym = a.d.asym != 0;
     int64_t staged = -1; /* the strip whose down columns dsT holds */
 
-    /* (row tile, strip) of the current tile and of the one two ahead, stepped without divisions */
+    /* (row tile, strip) of the current tile and of the one two ahead, stepped without divisions;
+     * the cursor k is at the one two ahead (ar, as) */
     uint32_t cr = (uint32_t)(t0 % rtiles), cs = (uint32_t)(t0 / rtiles);
     uint32_t ar = cr, as = cs;
     const auto step = [&](uint32_t &r, uint32_t &s) {
         if (++r == (uint32_t)rtiles) r = 0, s++;
     };
+    SvdCursor k;
+    svdq_seek<BITS>(a, ar * SVDQ_TR + rr, as * SVDQ_TC + cc, k);
+    const auto step_load = [&]() { /* the load position to the next tile, the cursor with it */
+        const uint32_t s0 = as;
+        step(ar, as);
+        if (a.inc && as == s0) svdq_advance<BITS>(a, k);
+        else svdq_seek<BITS>(a, ar * SVDQ_TR + rr, as * SVDQ_TC + cc, k);
+    };
     SvdUnits<BITS> cur, nxt, nxt2;
-    if (t0 < t1) svdq_load<BITS, SDT>(a, ar * SVDQ_TR, as * SVDQ_TC, rr, cc, t, cur);
-    step(ar, as);
-    if (t0 + 1 < t1) svdq_load<BITS, SDT>(a, ar * SVDQ_TR, as * SVDQ_TC, rr, cc, t, nxt);
-    step(ar, as);
+    if (t0 < t1) svdq_load<BITS, SDT>(a, k, t, cur);
+    step_load();
+    if (t0 + 1 < t1) svdq_load<BITS, SDT>(a, k, t, nxt);
+    step_load();
     for (int64_t tile = t0; tile < t1; tile++) {
         const uint32_t r0 = cr * SVDQ_TR, c0 = cs * SVDQ_TC;
         if (cs != staged) {  /* uniform: every lane of the block walks the same tiles */
@@ -414,8 +466,8 @@ __global__ void __launch_bounds__(SVDQ_THREADS, SVDQ_BLOCKS_PER_SM) dequant_svd_
             __syncthreads();
             staged = cs;
         }
-        if (tile + 2 < t1) svdq_load<BITS, SDT>(a, ar * SVDQ_TR, as * SVDQ_TC, rr, cc, t, nxt2);
-        step(ar, as);
+        if (tile + 2 < t1) svdq_load<BITS, SDT>(a, k, t, nxt2);
+        step_load();
         step(cr, cs);
         /* acc[j] = the correction at rows g, g+8 and columns cc + 2j, cc + 2j + 1 */
         float acc[4][4] = {};
