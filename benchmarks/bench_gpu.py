@@ -60,6 +60,7 @@ logging.getLogger("sdnq").setLevel(logging.ERROR)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from bench_host import host_us  # noqa: E402
 from comfy_sdnq import dtypes, kernels, ops  # noqa: E402
 
 try:
@@ -139,15 +140,7 @@ def fill_bandwidth(timer: Timer) -> float:
 
 def host_time_us(fn, n: int = 30) -> float:
     """host time of one fn() call (Python, dispatch, launches), the GPU held busy meanwhile"""
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(int(3e8))  # ~0.15 s of GPU time queued first: launches never wait for the GPU
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return (t1 - t0) / n * 1e6
+    return host_us(fn, torch.device(DEV), n, runs_=1)
 
 
 def graph_time_ms(fn, timer) -> float:

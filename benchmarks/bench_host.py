@@ -38,13 +38,14 @@ CONFIGS = {"int8": ("int8", {}), "float8_e4m3fn": ("float8_e4m3fn", {}),
 
 
 def host_us(fn, dev: torch.device, n: int, runs_: int = 9) -> float:
-    """median over runs_ runs of the mean host time of n calls, the GPU held busy meanwhile"""
+    """median over runs_ runs of the mean host time of one of n calls (Python, dispatch,
+    launches), the GPU held busy meanwhile (bench_gpu.py's small-M table uses it too)"""
     fn()
     runs = []
     for _ in range(runs_):
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-            torch.cuda._sleep(int(2e8))  # GPU time queued first: the launches below never wait for it
+            torch.cuda._sleep(int(3e8))  # ~0.15 s of GPU time queued first: the launches never wait for it
         t0 = time.perf_counter()
         for _ in range(n):
             fn()

@@ -354,15 +354,6 @@ template <int DT> __device__ __forceinline__ uint32_t h2_sub(uint32_t a, uint32_
 #endif
 }
 
-/* a hint: bring the line holding p into L1 (no register, no wait; a no-op in the emulation) */
-__device__ __forceinline__ void prefetch_l1(const void *p) {
-#ifndef SDNQ_CUDA_EMU
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
-#else
-    (void)p;
-#endif
-}
-
 /* ------------------------------------------------------------------------ */
 /* tensor cores                                                              */
 
@@ -385,6 +376,15 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1
             "{%0,%1,%2,%3};\n"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
+}
+
+/* a hint: bring the line holding p into L1 (no register, no wait; a no-op in the emulation) */
+__device__ __forceinline__ void prefetch_l1(const void *p) {
+#ifndef SDNQ_CUDA_EMU
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+#else
+    (void)p;
 #endif
 }
 

@@ -285,9 +285,8 @@ struct SvdDequantArgs {
      * column-major factor, "down_t", rank % 8 == 0) or along c ("down_c"); else 2-byte loads */
     int32_t up_vec, down_t, down_c;
     /* the loads' offsets (SvdCursor) are 32-bit: the codes' bytes because n <= INT32_MAX, the last
-     * scale, zero-point and up-row offsets checked by the launcher; 8 rows further on is u8 up
-     * elements further on, and with `inc` (no scale group straddles a row) s8 / z8 scale /
-     * zero-point elements */
+     * scale, zero-point and up-row offsets checked by the launcher; with `inc` (no scale group
+     * straddles a row) 8 rows further on is s8 / z8 / u8 scale, zero-point and up elements on */
     int32_t inc;
     uint32_t s8, z8, u8;
 };
@@ -325,9 +324,9 @@ __device__ __forceinline__ uint4 svdq_up8(const SvdDequantArgs &a, uint32_t ro, 
 
 /* Where a lane's loads of a tile start: its row r in the tile's first band row (g, and r + 8),
  * column c, and the offsets of its codes (bytes), scale, zero point and up row (elements, up
- * without the lane's rank offset 8t), all 32-bit. svdq_seek computes them from the tile's
- * position; with SvdDequantArgs.inc the next tile down the same strip is svdq_advance, a fixed
- * step (32 rows) added to each, instead of a division and four multiplications per unit. */
+ * without the lane's rank offset 8t), all 32-bit. svdq_seek computes them from the position;
+ * svdq_down moves the cursor 8 * n8 rows down the same column: with SvdDequantArgs.inc by fixed
+ * steps added to each offset instead of a division and four multiplications, else by seeking. */
 struct SvdCursor {
     uint32_t r, c, co, so, zo, uo;
 };
@@ -346,41 +345,36 @@ __device__ __forceinline__ void svdq_seek(const SvdDequantArgs &a, uint32_t r, u
     k.uo = r * (uint32_t)a.us0;
 }
 
-template <int BITS> __device__ __forceinline__ void svdq_advance(const SvdDequantArgs &a, SvdCursor &k) {
+template <int BITS> __device__ __forceinline__ SvdCursor svdq_down(const SvdDequantArgs &a, SvdCursor k, uint32_t n8) {
     constexpr int UB = unit_geom<BITS>::bytes;
-    k.r += SVDQ_TR;
-    k.co += (uint32_t)a.cols / UNIT * SVDQ_TR * UB;
-    k.so += 4 * a.s8;
-    k.zo += 4 * a.z8;
-    k.uo += 4 * a.u8;
+    if (!a.inc) {
+        svdq_seek<BITS>(a, k.r + 8 * n8, k.c, k);
+        return k;
+    }
+    k.r += 8 * n8;
+    k.co += n8 * ((uint32_t)a.cols / UNIT * 8 * UB);
+    k.so += n8 * a.s8;
+    k.zo += n8 * a.z8;
+    k.uo += n8 * a.u8;
+    return k;
 }
 
 /* issue the loads of the tile the cursor is at (no waiting); the rows g + 8 are 8 rows on */
 template <int BITS, int SDT>
 __device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, const SvdCursor &k, int t, SvdUnits<BITS> &U) {
-    constexpr int UB = unit_geom<BITS>::bytes;
     const uint32_t rows = (uint32_t)a.rows, cols = (uint32_t)a.cols;
 #pragma unroll
     for (int i = 0; i < 2; i++) {
-        const uint32_t r = k.r + 8 * i;
-        U.ok[i] = r < rows && k.c < cols;
+        const SvdCursor ki = i == 0 ? k : svdq_down<BITS>(a, k, 1);
+        U.ok[i] = ki.r < rows && ki.c < cols;
         U.s[i] = U.z[i] = 0.0f;
         U.up[i] = make_uint4(0, 0, 0, 0);
         if (U.ok[i]) { /* red % 8 == 0: one group per unit */
-            if (i == 0 || a.inc) {
-                load_unit_words<BITS>((const uint8_t *)a.d.codes + k.co + i * (cols / UNIT * 8 * UB), U.b[i]);
-                U.s[i] = ld_float<SDT>(a.d.scale, k.so + i * a.s8);
-                if (a.d.asym) U.z[i] = ld_float<SDT>(a.d.zp, k.zo + i * a.z8);
-            } else { /* groups straddle rows: the group of the unit 8 rows on, from its index */
-                const uint32_t u = (r * cols + k.c) / UNIT;
-                const uint32_t grp =
-                    a.d.gunits == 1 ? u : (uint32_t)__umul64hi((unsigned long long)u, a.d.gmagic);
-                load_unit_words<BITS>((const uint8_t *)a.d.codes + (size_t)u * UB, U.b[i]);
-                U.s[i] = ld_float<SDT>(a.d.scale, (int64_t)grp * a.d.ss0);
-                if (a.d.asym) U.z[i] = ld_float<SDT>(a.d.zp, (int64_t)grp * a.d.zs0);
-            }
+            load_unit_words<BITS>((const uint8_t *)a.d.codes + ki.co, U.b[i]);
+            U.s[i] = ld_float<SDT>(a.d.scale, ki.so);
+            if (a.d.asym) U.z[i] = ld_float<SDT>(a.d.zp, ki.zo);
         }
-        if (r < rows) U.up[i] = svdq_up8(a, k.uo + i * a.u8, 8 * t);
+        if (ki.r < rows) U.up[i] = svdq_up8(a, ki.uo, 8 * t);
     }
 }
 
@@ -450,7 +444,7 @@ __global__ void __launch_bounds__(SVDQ_THREADS, SVDQ_BLOCKS_PER_SM) dequant_svd_
     const auto step_load = [&]() { /* the load position to the next tile, the cursor with it */
         const uint32_t s0 = as;
         step(ar, as);
-        if (a.inc && as == s0) svdq_advance<BITS>(a, k);
+        if (as == s0) k = svdq_down<BITS>(a, k, SVDQ_TR / 8);
         else svdq_seek<BITS>(a, ar * SVDQ_TR + rr, as * SVDQ_TC + cc, k);
     };
     SvdUnits<BITS> cur, nxt, nxt2;
