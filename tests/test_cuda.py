@@ -240,7 +240,9 @@ def test_dequant_svd(name, odt, rows, cols, rank, group, strided):
     test_svd_add's tolerance. Tiles cut at the edges, ranks that are not a multiple of 8 or 16,
     groups straddling rows, factors stored transposed as sdnq does for quantized-matmul layers; the
     kernel fuses ranks <= 32 with groups of a multiple of 8, the other cases (rank 40, groups
-    straddling units) take the two launches. The two larger shapes give blocks ranges of several
+    straddling units) take the two launches. Each scale dtype (the kernel's elementwise stage
+    rounds to it, then to the output dtype); with the correction zeroed the result must be
+    bit-equal to the C core's. The two larger shapes give blocks ranges of several
     tiles that cross strips (on the GPU and in the emulation): the loads step down a strip by
     fixed offsets where no group straddles a row, and start afresh at each strip."""
     t = dtypes.get(name)
@@ -248,7 +250,6 @@ def test_dequant_svd(name, odt, rows, cols, rank, group, strided):
     n = rows * cols
     view = (n // group, group, 1)
     raw = random_codes(t, n, gen)
-    scale, zp = random_side(t, view, F32, gen)
     fdt = odt if odt != F32 else BF16
     if strided:
         up = (torch.randn(rank, rows, generator=gen) * 0.1).to(fdt).t()
@@ -256,15 +257,28 @@ def test_dequant_svd(name, odt, rows, cols, rank, group, strided):
     else:
         up = (torch.randn(rows, rank, generator=gen) * 0.1).to(fdt)
         down = (torch.randn(rank, cols, generator=gen) * 0.1).to(fdt)
-    w = kernels.dequantize(t, raw, scale, zp, view, (rows, cols), odt, impl="ref")
-    want = kernels.svd_add_(w.clone(), up, down, impl="ref")
-    got = kernels.dequantize(t, to_dev(raw), scale.to(DEV), None if zp is None else zp.to(DEV), view, (rows, cols), odt,
-                             impl="fast", svd=(up.to(DEV), down.to(DEV))).cpu()
-    finite = w.float().isfinite()
-    mag = w.float().abs().nan_to_num(0) + up.float().abs() @ down.float().abs()
-    bad = ((got.float() - want.float()).abs() > 2**-7 * mag + 1e-30) & finite
-    assert not bad.any(), f"{int(bad.sum())} elements outside 2 ulps of the output dtype's bf16 bound"
-    assert torch.equal(got.float().isnan(), want.float().isnan())
+    for sdt in (F32, BF16, F16):
+        scale, zp = random_side(t, view, sdt, gen)
+        sides = (scale.to(DEV), None if zp is None else zp.to(DEV), view, (rows, cols), odt)
+        w = kernels.dequantize(t, raw, scale, zp, view, (rows, cols), odt, impl="ref")
+        want = kernels.svd_add_(w.clone(), up, down, impl="ref")
+        got = kernels.dequantize(t, to_dev(raw), *sides, impl="fast", svd=(up.to(DEV), down.to(DEV))).cpu()
+        finite = w.float().isfinite()
+        mag = w.float().abs().nan_to_num(0) + up.float().abs() @ down.float().abs()
+        bad = ((got.float() - want.float()).abs() > 2**-7 * mag + 1e-30) & finite
+        assert not bad.any(), f"scale {sdt}: {int(bad.sum())} elements outside 2 ulps of the output dtype's bf16 bound"
+        assert torch.equal(got.float().isnan(), want.float().isnan())
+        # a zero correction leaves the elementwise stage alone: its roundings (to the scale
+        # dtype, then to the output dtype) must give the C core's bits, the rank sum's order
+        # aside (every term is zero)
+        zero_up = torch.zeros_like(up)
+        want0 = kernels.svd_add_(w.clone(), zero_up, down, impl="ref")
+        got0 = kernels.dequantize(t, to_dev(raw), *sides, impl="fast", svd=(zero_up.to(DEV), down.to(DEV))).cpu()
+        nan = want0.float().isnan()
+        assert torch.equal(got0.float().isnan(), nan)
+        ity = torch.int16 if want0.element_size() == 2 else torch.int32
+        diff = (got0.view(ity) != want0.view(ity)) & ~nan
+        assert not diff.any(), f"scale {sdt}: {int(diff.sum())} elements differ from the C core with a zero correction"
 
 
 # ---------------------------------------------------------------------------

@@ -189,6 +189,15 @@ template <int SDT> __device__ __forceinline__ float scale_value_hw(float v, floa
     return round_to_hw<SDT>(scale_unrounded<SDT>(v, s, z, asym));
 }
 
+/* scale_unrounded for the values of codes of at most 8 bits (at most 8 significant bits):
+ * with a 16-bit scale the product v * s has at most 19 and is exact in fp32 (unless
+ * |v * s| < 2^-131, a bf16 scale below about 2^-115), so one fma rounds v * s + z as the
+ * exact product and one add do; fp32 scales fuse anyway */
+template <int SDT, bool ASYM> __device__ __forceinline__ float scale_unrounded_small(float v, float s, float z) {
+    if constexpr (ASYM) return __fmaf_rn(v, s, z);
+    else return __fmul_rn(v, s);
+}
+
 /* scale_value_hw for a value about to be stored (or packed) as ODT: the rounding to SDT is
  * left to that conversion when SDT == ODT (rounding twice to one dtype is rounding once);
  * ASYM is a template argument so that callers branch once per unit, not per code */
@@ -230,6 +239,40 @@ __device__ __forceinline__ void st_global16(void *p, uint4 v) {
 #endif
 }
 
+/* a and b in DT (BF16 or F16) packed into one word, a in the low half: one hardware
+ * round-to-nearest-even conversion for the two (codec.h's bits for every non-NaN value) */
+template <int DT> __device__ __forceinline__ uint32_t pack_pair(float a, float b) {
+    uint32_t w;
+    if constexpr (DT == SDNQ_DT_BF16) {
+        const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+        memcpy(&w, &v, 4);
+    } else {
+        const __half2 v = __floats2half2_rn(a, b);
+        memcpy(&w, &v, 4);
+    }
+    return w;
+}
+
+/* r[k] = round_to_hw<DT>(r[k]) for a unit, two values per conversion */
+template <int DT> __device__ __forceinline__ void round_unit_hw(float (&r)[UNIT]) {
+    if constexpr (DT == SDNQ_DT_BF16 || DT == SDNQ_DT_F16) {
+#pragma unroll
+        for (int q = 0; q < UNIT / 2; q++) {
+            const uint32_t w = pack_pair<DT>(r[2 * q], r[2 * q + 1]);
+            if constexpr (DT == SDNQ_DT_BF16) {
+                r[2 * q] = __uint_as_float(w << 16);
+                r[2 * q + 1] = __uint_as_float(w & 0xFFFF0000u);
+            } else {
+                __half lo, hi;
+                memcpy(&lo, &w, 2);
+                memcpy(&hi, (const char *)&w + 2, 2);
+                r[2 * q] = __half2float(lo);
+                r[2 * q + 1] = __half2float(hi);
+            }
+        }
+    }
+}
+
 /* 8 results -> out[e0 .. e0+8), e0 a multiple of 8, out 16-byte aligned; hardware
  * round-to-nearest-even conversions (codec.h's bits for every non-NaN value) */
 template <int ODT> __device__ __forceinline__ void store_unit(void *out, int64_t e0, const float (&r)[UNIT]) {
@@ -240,15 +283,7 @@ template <int ODT> __device__ __forceinline__ void store_unit(void *out, int64_t
     } else {
         uint32_t w[4];
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
-            if constexpr (ODT == SDNQ_DT_BF16) {
-                const __nv_bfloat162 v = __floats2bfloat162_rn(r[2 * q], r[2 * q + 1]);
-                memcpy(&w[q], &v, 4);
-            } else {
-                const __half2 v = __floats2half2_rn(r[2 * q], r[2 * q + 1]);
-                memcpy(&w[q], &v, 4);
-            }
-        }
+        for (int q = 0; q < 4; q++) w[q] = pack_pair<ODT>(r[2 * q], r[2 * q + 1]);
         st_global16((uint16_t *)out + e0, make_uint4(w[0], w[1], w[2], w[3]));
     }
 }

@@ -211,6 +211,28 @@ template <int BITS> __device__ __forceinline__ void unpack_unit_words(const Unit
     }
 }
 
+/* the lookup-table values of a unit's 8 codes; 2-, 4- and 8-bit codes (whole codes per word)
+ * take their byte offsets into the table from one shift and one mask each */
+template <int BITS>
+__device__ __forceinline__ void lut_unit_values(const float *lut, const UnitWords<BITS> &u, float (&v)[UNIT]) {
+    if constexpr (BITS == 2 || BITS == 4 || BITS == 8) {
+        constexpr int PER = 32 / BITS;                 /* codes per word */
+        constexpr uint32_t MASK = ((1u << BITS) - 1) << 2; /* code * 4 */
+#pragma unroll
+        for (int k = 0; k < UNIT; k++) {
+            const uint32_t w = u.w[k / PER];
+            const int sh = BITS * (k % PER) - 2;
+            const uint32_t off = (sh >= 0 ? w >> sh : w << -sh) & MASK;
+            v[k] = *(const float *)((const char *)lut + off);
+        }
+    } else {
+        int32_t c[UNIT];
+        unpack_unit_words<BITS>(u, c);
+#pragma unroll
+        for (int k = 0; k < UNIT; k++) v[k] = lut[c[k]];
+    }
+}
+
 /* units of 8 codes per thread per step */
 template <int BITS> struct grouped_geom {
     static constexpr int UNROLL = unit_geom<BITS>::bytes <= 4 ? 8 : 4;
@@ -414,9 +436,10 @@ __device__ __forceinline__ void svdq_stage_down(const SvdDequantArgs &a, uint16_
  * enters the strip (the only barriers); each lane keeps the loads of the next two tiles in flight
  * (codes, scales, zero points, up rows: registers) while it works on the current one: 8 MMAs
  * (m16n8k16, fp32 accumulation) give the correction of its two units in its accumulators (the
- * fragment layout above), each unit is dequantized as the grouped kernel does, rounded to the
- * output dtype (sdnq's elementwise stage, in the SVD factors' dtype = the output dtype), the
- * correction added in fp32, rounded once, one 16-byte store. Same operations as dequantize +
+ * fragment layout above), each unit is dequantized (one fma per code, scale_unrounded_small),
+ * rounded to the scale dtype and the output dtype two values per conversion (sdnq's
+ * elementwise stage, in the SVD factors' dtype = the output dtype), the correction added in
+ * fp32, rounded once, one 16-byte store. Same operations as dequantize +
  * sdnq_cuda_svd_add but the rank sum's order (tolerance-level differences only).
  */
 template <int BITS, int ODT, int SDT>
@@ -474,18 +497,20 @@ __global__ void __launch_bounds__(SVDQ_THREADS, SVDQ_BLOCKS_PER_SM) dequant_svd_
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             if (!cur.ok[i]) continue;
-            int32_t c[UNIT];
-            unpack_unit_words<BITS>(cur.b[i], c);
             float r[UNIT];
+            lut_unit_values<BITS>(lut, cur.b[i], r);
             if (asym) {
 #pragma unroll
-                for (int k = 0; k < UNIT; k++) r[k] = scale_value_hw<SDT>(lut[c[k]], cur.s[i], cur.z[i], true);
+                for (int k = 0; k < UNIT; k++) r[k] = scale_unrounded_small<SDT, true>(r[k], cur.s[i], cur.z[i]);
             } else {
 #pragma unroll
-                for (int k = 0; k < UNIT; k++) r[k] = scale_value_hw<SDT>(lut[c[k]], cur.s[i], 0.0f, false);
+                for (int k = 0; k < UNIT; k++) r[k] = scale_unrounded_small<SDT, false>(r[k], cur.s[i], 0.0f);
             }
+            /* round to SDT, then to ODT (once where they are the same or SDT is fp32) */
+            if constexpr (SDT != ODT && SDT != SDNQ_DT_F32) round_unit_hw<SDT>(r);
+            round_unit_hw<ODT>(r);
 #pragma unroll
-            for (int k = 0; k < UNIT; k++) r[k] = __fadd_rn(round_to_hw<ODT>(r[k]), acc[k >> 1][2 * i + (k & 1)]);
+            for (int k = 0; k < UNIT; k++) r[k] = __fadd_rn(r[k], acc[k >> 1][2 * i + (k & 1)]);
             store_unit<ODT>(a.d.out, (int64_t)((r0 + rr + 8 * i) * (uint32_t)a.cols + c0 + cc), r);
         }
         cur = nxt;
