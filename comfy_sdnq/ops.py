@@ -111,7 +111,9 @@ def linear_impl(x, codes, scale, zero_point, svd_up, svd_down, bias, wtype, view
 
 
 PATHS = ("gemv", "dequant", "w8a8_int8", "w8a8_fp8", "w4a8")
-_FP8_FUSED_REFUSED: set = set()  # devices whose cuBLASLt refused outer-vector fp8 scaling
+# (device, output dtype, bias) whose cuBLASLt refused outer-vector fp8 scaling: one refused
+# combination (e.g. fp32 output with a bias, which it never takes) leaves the others fused
+_FP8_FUSED_REFUSED: set = set()
 
 
 def _env_path(t, transposed: bool, codebook: bool) -> str | None:
@@ -164,13 +166,13 @@ def _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path, s
         b_kn = False
     q, xs = kernels.quantize_rows(x2, kind)
     if kind == "fp8":
-        dev = x2.device.index
-        if dev not in _FP8_FUSED_REFUSED:
+        fused = (x2.device.index, x2.dtype, bias is not None)
+        if fused not in _FP8_FUSED_REFUSED:
             y = kernels.lt_matmul(q, b, b_kn, x2.dtype, a_scale=xs, b_scale=b_scale.to(torch.float32).contiguous(),
                                   bias=None if bias is None else bias.to(x2.dtype).contiguous())
             if y is not None:
                 return y, folded
-            _FP8_FUSED_REFUSED.add(dev)
+            _FP8_FUSED_REFUSED.add(fused)
         acc = kernels.lt_matmul(q, b, b_kn, torch.float32)
     else:
         acc = kernels.lt_matmul(q, b, b_kn, torch.int32)

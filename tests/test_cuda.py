@@ -16,7 +16,8 @@ Skipped as a whole without a CUDA device. With one, the extension must be import
 * small-M linear (GEMV) against float64 math on the same dequantized weight, within the
   bound derived in gemv_bound(); the fused kernel must take every layout it claims; its SVD
   epilogue (+ (x down^T) up^T) within that bound plus the low-rank product's fp32 sums.
-* W8A8 int8 / fp8 and W4A8 against the bf16 reference, loose relative bound.
+* W8A8 int8 / fp8 and W4A8 against the bf16 reference, loose relative bound; cuBLASLt applying
+  the fp8 scales itself against its unscaled GEMM + scale_epilogue.
 * the linear op captured in a CUDA graph: replays equal eager calls (no host syncs).
 
 The references are the C core's scalar reference (impl="ref", bit-identical to its fast path),
@@ -584,6 +585,48 @@ def test_quantize_rows(shape):
     assert torch.equal(s8.cpu(), amax / 448)
     want8 = torch.where(s8.cpu()[:, None] > 0, x.float() / s8.cpu()[:, None].clamp_min(1e-30), 0).clamp(-448, 448)
     assert torch.equal(q8.cpu().float(), want8.to(torch.float8_e4m3fn).float())
+
+
+def test_lt_matmul_scaled():
+    """cuBLASLt applying the per-row scales (outer-vector mode) and the bias itself to an fp8 GEMM
+    vs its unscaled GEMM followed by scale_epilogue: the same accumulators (fp32 sums whose order
+    may differ), the same three fp32 factors in another order (a few fp32 ulps), then one rounding
+    to bf16 each: at most one bf16 ulp apart, 2^-7 relative. Skipped where cuBLASLt has no
+    algorithm for the scaled form (the linear op then takes the epilogue). (The same form with
+    int8 operands and bf16 output: no cuBLASLt 13 algorithm on an H200, so int8 keeps the
+    epilogue.)"""
+    g = torch.Generator().manual_seed(7)
+    M, N, K = 80, 96, 256
+    x = torch.randn(M, K, generator=g).to(BF16).to(DEV)
+    w = torch.randn(N, K, generator=g).to(BF16).to(DEV)
+    bias = (torch.randn(N, generator=g) * 0.1).to(BF16).to(DEV)
+    q, xs = kernels.quantize_rows(x, "fp8")
+    b, bs = kernels.quantize_rows(w, "fp8")
+    for bb in (None, bias):
+        y = kernels.lt_matmul(q, b, False, BF16, a_scale=xs, b_scale=bs, bias=bb)
+        if y is None:
+            pytest.skip(f"cuBLASLt has no outer-vector scaled fp8 GEMM on {torch.cuda.get_device_name()}")
+        acc = kernels.lt_matmul(q, b, False, F32)
+        want = kernels.scale_epilogue(acc, xs, bs, bb, BF16).float()
+        err = (y.float() - want).abs()
+        assert (err <= 2**-7 * want.abs() + 1e-30).all(), float(err.max())
+
+
+def test_fp8_fused_refusal_is_per_output_dtype():
+    """cuBLASLt never takes a bias with fp32 output: that refusal falls back to the epilogue for
+    fp32 calls only, and later bf16 calls with a bias keep the fused scales"""
+    gen = torch.Generator().manual_seed(3)
+    L = make_linear("float8_e4m3fn", 96, 256, -1, gen)
+    bias = (torch.randn(96, generator=gen) * 0.1).to(DEV)
+    dev = torch.device(DEV).index if torch.device(DEV).index is not None else torch.cuda.current_device()
+    ops._FP8_FUSED_REFUSED.discard((dev, BF16, True))
+    for dt in (F32, BF16):
+        x = torch.randn(24, 256, generator=gen).to(dt).to(DEV)
+        y, ran = ops.linear_cuda(x, bias=bias.to(dt), path="w8a8_fp8", **L)
+        assert ran == "w8a8_fp8" and y.dtype == dt
+        assert rel_err(y, dense_reference(x, L, bias.to(dt))) < 0.08
+    assert (dev, F32, True) in ops._FP8_FUSED_REFUSED
+    assert (dev, BF16, True) not in ops._FP8_FUSED_REFUSED
 
 
 @pytest.mark.parametrize("n", [96, 45])
