@@ -26,6 +26,7 @@ Configurations (each in its own Python process: ComfyUI parses its flags at impo
   sdnq-capped-legacy     --disable-dynamic-vram --reserve-vram R      (lowvram partial loading)
   sdnq-capped-dynamic    --reserve-vram R                             (aimdo VBAR, headroom R)
   bf16-resident-legacy   --disable-dynamic-vram                       (the dense file)
+  bf16-resident-dynamic  (defaults)
   bf16-capped-legacy     --disable-dynamic-vram --reserve-vram R
   bf16-capped-dynamic    --reserve-vram R
 R = total VRAM - cap (GiB). ComfyUI's legacy budget subtracts R from the free VRAM it hands
@@ -73,14 +74,19 @@ bytes, torch allocations <= 256 MiB, device memory <= 1 GiB above the start, aim
 128 MiB pool).
 
 Prints markdown tables (GPU name, torch, ComfyUI version/commit) and writes JSON to --out.
+--profile adds each worker's cProfile of the timed steps (functions by own time, and the callers
+of the first 15) to the JSON.
 Exit status 1 when a configuration that ran failed, timed out, or missed its evidence.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
 import os
 import platform
+import pstats
 import re
 import shutil
 import signal
@@ -102,11 +108,12 @@ CONFIGS = {
     "sdnq-capped-legacy": ("sdnq", "legacy", True),
     "sdnq-capped-dynamic": ("sdnq", "dynamic", True),
     "bf16-resident-legacy": ("bf16", "legacy", False),
+    "bf16-resident-dynamic": ("bf16", "dynamic", False),
     "bf16-capped-legacy": ("bf16", "legacy", True),
     "bf16-capped-dynamic": ("bf16", "dynamic", True),
 }
 REFERENCE = {"sdnq": ("sdnq-resident-legacy", "sdnq-resident-dynamic"),
-             "bf16": ("bf16-resident-legacy", "bf16-capped-legacy", "bf16-capped-dynamic")}
+             "bf16": ("bf16-resident-legacy", "bf16-resident-dynamic", "bf16-capped-legacy", "bf16-capped-dynamic")}
 AGREE_RTOL = 1e-3          # a row "agrees" with its reference within this relative error (expected: bit-equal)
 LEFT_TORCH_BYTES = 256 * MiB   # torch allocations allowed after unload (cuBLAS workspaces)
 LEFT_DEVICE_BYTES = 1 * GiB    # device memory above the start allowed after unload (kernel images, handles)
@@ -679,9 +686,20 @@ def child_worker(spec: dict, result: dict) -> None:
             pass
     peak["device"] = device_used() or 0
     peak["aimdo"] = aimdo_usage() or 0
+    prof = cProfile.Profile() if spec.get("profile") else None
     t = time.perf_counter()
+    if prof is not None:
+        prof.enable()
     out = sample(main, spec["latent"], spec["steps"])
+    if prof is not None:
+        prof.disable()
     result["sample_s"] = time.perf_counter() - t
+    if prof is not None:  # the host's time by function, own time first (GPU waits show as synchronize),
+        text = io.StringIO()  # then who called the first 15
+        st = pstats.Stats(prof, stream=text).sort_stats("tottime")
+        st.print_stats(40)
+        st.print_callers(15)
+        result["profile"] = text.getvalue()
     torch.save(out.float().cpu(), spec["latent_out"])
     result["steps"] = steps_log[:]
     times = [r["s"] for r in steps_log]
@@ -1118,6 +1136,8 @@ def parse(argv=None):
     ap.add_argument("--verbose", action="store_true", help="stream the workers' output")
     ap.add_argument("--no-poll", dest="poll", action="store_false",
                     help="no thread polling the device's free memory (peak VRAM then only at step boundaries)")
+    ap.add_argument("--profile", action="store_true",
+                    help="cProfile the timed steps in each worker: the host functions by own time, in the JSON")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     small = args.quick or args.tiny
@@ -1256,7 +1276,7 @@ def _run(args, workdir, models_dir, t_start) -> int:
                  "main_file": "bench-flux-sdnq.safetensors" if kind == "sdnq" else "bench-flux-bf16.safetensors",
                  "second_file": second_file, "latent": list(args.latent), "second_latent": list(args.second_latent),
                  "text_tokens": args.text_tokens, "steps": args.steps, "warmup_steps": args.warmup_steps, "seed": 0,
-                 "poll": args.poll,
+                 "poll": args.poll, "profile": args.profile,
                  "latent_out": latents[name], "cap_bytes": cap if capped else None,
                  "emulate_cap_bytes": cap if (capped and args.device == "cpu") else None}
         say(f"{name}: {' '.join(flags) or '(ComfyUI defaults)'} ...")

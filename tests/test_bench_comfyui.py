@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "benchmarks", "bench_comfyui.py")
 RAN = ("sdnq-resident-legacy", "sdnq-capped-legacy", "bf16-resident-legacy", "bf16-capped-legacy")
-NOT_RUN = ("sdnq-resident-dynamic", "sdnq-capped-dynamic", "bf16-capped-dynamic")
+NOT_RUN = ("sdnq-resident-dynamic", "sdnq-capped-dynamic", "bf16-resident-dynamic", "bf16-capped-dynamic")
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def bench(tmp_path_factory):
     path = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, COMFYUI_PATH=COMFYUI_PATH, PYTHONPATH=os.pathsep.join(path))
     proc = subprocess.run([sys.executable, BENCH, "--tiny", "--device", "cpu", "--out", str(out),
-                           "--workdir", str(tmp / "work"), "--timeout", "100"],
+                           "--workdir", str(tmp / "work"), "--timeout", "100", "--profile"],
                           capture_output=True, text=True, timeout=200, env=env, cwd=ROOT)
     log = f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     return proc, json.loads(out.read_text()) if out.exists() else None, log
@@ -85,6 +85,9 @@ def test_configurations(bench):
         after = r["after_unload"]
         assert after["main_loaded"] == 0 and after["total_pinned"] == 0 and after["pinned_entries"] == 0
         assert r["loaded_models_after_unload"] == []
+        # --profile: the timed steps' host functions, the SDNQ rows through comfy_sdnq's linear
+        assert "Ordered by: internal time" in r["profile"]
+        assert "comfy_sdnq" in r["profile"] or not name.startswith("sdnq"), r["profile"][:3000]
     for name in ("sdnq-capped-legacy", "bf16-capped-legacy"):
         r = cfg[name]
         assert r["capped"] and r["model_lowvram"] and r["lowvram_modules"] > 0
