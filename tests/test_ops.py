@@ -1,5 +1,6 @@
 """The torch ops: opcheck, torch.compile, the aten handlers on the QuantizedTensor, and the
 pure-torch fallback when the C extension is missing."""
+import json
 import os
 import subprocess
 import sys
@@ -201,8 +202,6 @@ def test_bench_host_smoke(tmp_path):
                         "--shape", "64x64", "--tokens", "1,32", "--calls", "2", "--configs", "int8,uint4+svd32",
                         "--json", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    import json
-
     rows = json.loads(out.read_text())["rows"]
     got = {(x["dtype"], x["M"], x["entry"]) for x in rows}
     entries = ("bf16", "F.linear", "functional")

@@ -192,7 +192,9 @@ template <int SDT> __device__ __forceinline__ float scale_value_hw(float v, floa
 /* scale_unrounded for the values of codes of at most 8 bits (at most 8 significant bits):
  * with a 16-bit scale the product v * s has at most 19 and is exact in fp32 (unless
  * |v * s| < 2^-131, a bf16 scale below about 2^-115), so one fma rounds v * s + z as the
- * exact product and one add do; fp32 scales fuse anyway */
+ * exact product and one add do; fp32 scales fuse anyway. For the fused dequantize + SVD
+ * kernel, which its tests hold to sdnq's tolerance; the bit-exact dequantizers keep
+ * scale_unrounded, since below 2^-131 the two differ */
 template <int SDT, bool ASYM> __device__ __forceinline__ float scale_unrounded_small(float v, float s, float z) {
     if constexpr (ASYM) return __fmaf_rn(v, s, z);
     else return __fmul_rn(v, s);
@@ -389,6 +391,15 @@ template <int DT> __device__ __forceinline__ uint32_t h2_sub(uint32_t a, uint32_
 #endif
 }
 
+/* a hint: bring the line holding p into L1 (no register, no wait; a no-op in the emulation) */
+__device__ __forceinline__ void prefetch_l1(const void *p) {
+#ifndef SDNQ_CUDA_EMU
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
+#else
+    (void)p;
+#endif
+}
+
 /* ------------------------------------------------------------------------ */
 /* tensor cores                                                              */
 
@@ -411,15 +422,6 @@ __device__ __forceinline__ void mma16816(float (&d)[4], uint32_t a0, uint32_t a1
             "{%0,%1,%2,%3};\n"
             : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
             : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
-/* a hint: bring the line holding p into L1 (no register, no wait; a no-op in the emulation) */
-__device__ __forceinline__ void prefetch_l1(const void *p) {
-#ifndef SDNQ_CUDA_EMU
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(p));
-#else
-    (void)p;
 #endif
 }
 
