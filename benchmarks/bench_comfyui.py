@@ -75,7 +75,9 @@ bytes, torch allocations <= 256 MiB, device memory <= 1 GiB above the start, aim
 
 Prints markdown tables (GPU name, torch, ComfyUI version/commit) and writes JSON to --out.
 --profile adds each worker's cProfile of the timed steps (functions by own time, and the callers
-of the first 15) to the JSON.
+of the first 15) to the JSON; --torch-profile adds torch.profiler's table of the timed steps (torch
+ops and CUDA runtime calls by own host time, with their CUDA time): what the host spends per
+launch and allocation. Both slow the timed steps down; compare step times without them.
 Exit status 1 when a configuration that ran failed, timed out, or missed its evidence.
 """
 from __future__ import annotations
@@ -687,12 +689,23 @@ def child_worker(spec: dict, result: dict) -> None:
     peak["device"] = device_used() or 0
     peak["aimdo"] = aimdo_usage() or 0
     prof = cProfile.Profile() if spec.get("profile") else None
+    tprof = None
+    if spec.get("torch_profile"):
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        tprof = torch_profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else []))
+        tprof.__enter__()
     t = time.perf_counter()
     if prof is not None:
         prof.enable()
     out = sample(main, spec["latent"], spec["steps"])
     if prof is not None:
         prof.disable()
+    if tprof is not None:
+        tprof.__exit__(None, None, None)
+        result["torch_profile"] = tprof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40,
+                                                             max_name_column_width=60)
     result["sample_s"] = time.perf_counter() - t
     if prof is not None:  # the host's time by function, own time first (GPU waits show as synchronize),
         text = io.StringIO()  # then who called the first 15
@@ -1138,6 +1151,9 @@ def parse(argv=None):
                     help="no thread polling the device's free memory (peak VRAM then only at step boundaries)")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the timed steps in each worker: the host functions by own time, in the JSON")
+    ap.add_argument("--torch-profile", action="store_true",
+                    help="torch.profiler on the timed steps in each worker: ops and CUDA runtime calls by own "
+                         "host time, in the JSON")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     small = args.quick or args.tiny
@@ -1276,7 +1292,7 @@ def _run(args, workdir, models_dir, t_start) -> int:
                  "main_file": "bench-flux-sdnq.safetensors" if kind == "sdnq" else "bench-flux-bf16.safetensors",
                  "second_file": second_file, "latent": list(args.latent), "second_latent": list(args.second_latent),
                  "text_tokens": args.text_tokens, "steps": args.steps, "warmup_steps": args.warmup_steps, "seed": 0,
-                 "poll": args.poll, "profile": args.profile,
+                 "poll": args.poll, "profile": args.profile, "torch_profile": args.torch_profile,
                  "latent_out": latents[name], "cap_bytes": cap if capped else None,
                  "emulate_cap_bytes": cap if (capped and args.device == "cpu") else None}
         say(f"{name}: {' '.join(flags) or '(ComfyUI defaults)'} ...")

@@ -31,7 +31,7 @@ def bench(tmp_path_factory):
     path = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, COMFYUI_PATH=COMFYUI_PATH, PYTHONPATH=os.pathsep.join(path))
     proc = subprocess.run([sys.executable, BENCH, "--tiny", "--device", "cpu", "--out", str(out),
-                           "--workdir", str(tmp / "work"), "--timeout", "100", "--profile"],
+                           "--workdir", str(tmp / "work"), "--timeout", "100", "--profile", "--torch-profile"],
                           capture_output=True, text=True, timeout=200, env=env, cwd=ROOT)
     log = f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     return proc, json.loads(out.read_text()) if out.exists() else None, log
@@ -88,6 +88,9 @@ def test_configurations(bench):
         # --profile: the timed steps' host functions, the SDNQ rows through comfy_sdnq's linear
         assert "Ordered by: internal time" in r["profile"]
         assert "comfy_sdnq" in r["profile"] or not name.startswith("sdnq"), r["profile"][:3000]
+        # --torch-profile: the torch ops of the timed steps, the SDNQ rows through sdnq::linear
+        assert "Self CPU" in r["torch_profile"]
+        assert "sdnq::linear" in r["torch_profile"] or not name.startswith("sdnq"), r["torch_profile"][:3000]
     for name in ("sdnq-capped-legacy", "bf16-capped-legacy"):
         r = cfg[name]
         assert r["capped"] and r["model_lowvram"] and r["lowvram_modules"] > 0
