@@ -78,6 +78,9 @@ Prints markdown tables (GPU name, torch, ComfyUI version/commit) and writes JSON
 of the first 15) to the JSON; --torch-profile adds torch.profiler's table of the timed steps (torch
 ops and CUDA runtime calls by own host time, with their CUDA time): what the host spends per
 launch and allocation. Both slow the timed steps down; compare step times without them.
+--repeat N runs every row in N processes, round-robin over the rows: a host-bound row's step time
+varies from process to process by more than the differences worth measuring (the Dynamic VRAM
+SDNQ row: 0.080-0.116 s over eight processes of one machine), so compare medians of several.
 Exit status 1 when a configuration that ran failed, timed out, or missed its evidence.
 """
 from __future__ import annotations
@@ -1057,7 +1060,9 @@ def render(env, model, cap, flags_of, results, cmp, evid, args) -> str:
     h, w = args.latent
     lines += [f"Sampling: {w * 8}x{h * 8} px (latent 1x16x{h}x{w}), {args.text_tokens} text tokens, euler/simple, "
               f"cfg 1, {args.steps} timed steps after a {args.warmup_steps}-step warm-up run; step = one model call "
-              f"({'' if cpu else 'CUDA-synchronized, '}median). Each row: its own process.", ""]
+              f"({'' if cpu else 'CUDA-synchronized, '}median). Each row: its own process"
+              + (f"; {args.repeat} processes per row, round-robin, step s = the median of their medians (their "
+                 f"range in brackets), the other columns from the first" if args.repeat > 1 else "") + ".", ""]
     lines += ["| configuration | ComfyUI flags | patcher | status | step s | x SDNQ resident | warm-up s | "
               "moved / step | peak VRAM: device / torch |",
               "|---|---|---|---|---:|---:|---:|---:|---:|"]
@@ -1077,6 +1082,9 @@ def render(env, model, cap, flags_of, results, cmp, evid, args) -> str:
             if res.get("peak_device_used") is not None else "-"
         flags = " ".join(flags_of.get(name, [])) or "(defaults)"
         step_txt = f"{step:.3f}" if step else "-"
+        spread = [v for v in res.get("step_s_runs") or [] if v is not None]
+        if len(spread) > 1:
+            step_txt += f" ({min(spread):.3f}-{max(spread):.3f}, {len(spread)} runs)"
         warm = f"{res['warmup_s']:.1f}" if res.get("warmup_s") else "-"
         lines.append(f"| {name} | `{flags}` | {res.get('patcher', '-')} | {status} | {step_txt} | {x} | {warm} | "
                      f"{mv} | {peak} |")
@@ -1154,8 +1162,14 @@ def parse(argv=None):
     ap.add_argument("--torch-profile", action="store_true",
                     help="torch.profiler on the timed steps in each worker: ops and CUDA runtime calls by own "
                          "host time, in the JSON")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="processes per configuration, round-robin over the configurations: the step column is "
+                         "then the median of the processes' medians, their spread beside it (the host's speed "
+                         "varies from process to process; single runs of host-bound rows differ by 30%%)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
     small = args.quick or args.tiny
     args.hidden = args.hidden or (512 if args.tiny else 3072)
     if args.hidden % 128:
@@ -1273,11 +1287,25 @@ def _run(args, workdir, models_dir, t_start) -> int:
     say(f"VRAM cap {size(cap)} (main model SDNQ {size(sdnq_bytes)})"
         + (", emulated on the CPU" if args.device == "cpu" else f": {' '.join(cap_flags)}"))
 
-    results, latents = {}, {}
+    results, latents, wspecs = {}, {}, {}
     second_file = None
     if args.second != "none":
         second_file = f"bench-second-{'sdnq' if args.second == 'sdnq' else 'bf16'}.safetensors"
-    for name in args.names:
+    runs = [(r, name) for r in range(args.repeat) for name in args.names]  # round-robin: drift hits all rows alike
+    for rnd, name in runs:
+        if rnd > 0:  # a repeat: only its step time is kept (the first process's row holds the evidence)
+            if results.get(name, {}).get("status") != "ok":
+                continue
+            res = run_child("worker", dict(wspecs[name], latent_out=latents[name] + f".r{rnd}"), workdir,
+                            args.timeout, args.verbose)
+            first = results[name]
+            first["step_s_runs"].append(res.get("step_s") if res.get("status") == "ok" else None)
+            say(f"{name} (run {rnd + 1}): " + (f"step {res['step_s']:.3f} s" if res.get("status") == "ok" else
+                                               f"{res.get('status')}: {res.get('error')}"))
+            if rnd == args.repeat - 1:
+                ok = [v for v in first["step_s_runs"] if v is not None]
+                first["step_s"] = statistics.median(ok)
+            continue
         kind, mode, capped = CONFIGS[name]
         flags = base[mode] + (cap_flags if capped else []) + extra
         flags_of[name] = flags
@@ -1298,6 +1326,9 @@ def _run(args, workdir, models_dir, t_start) -> int:
         say(f"{name}: {' '.join(flags) or '(ComfyUI defaults)'} ...")
         res = run_child("worker", wspec, workdir, args.timeout, args.verbose)
         results[name] = res
+        wspecs[name] = wspec
+        if res.get("status") == "ok":
+            res["step_s_runs"] = [res["step_s"]]
         if res.get("status") == "ok":
             say(f"{name}: {res.get('patcher')}, step {res['step_s']:.3f} s, loaded {size(res.get('loaded_size'))} of "
                 f"{size(res.get('model_size'))}, layers moved per step {res.get('moved_layers_per_step')} (lowvram "

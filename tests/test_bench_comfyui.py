@@ -7,6 +7,7 @@ bit-equal to the resident runs', that nothing stays pinned, and that the Dynamic
 reported as not run, with the reason. The GPU run is the same script without --tiny/--device."""
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -31,8 +32,9 @@ def bench(tmp_path_factory):
     path = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     env = dict(os.environ, COMFYUI_PATH=COMFYUI_PATH, PYTHONPATH=os.pathsep.join(path))
     proc = subprocess.run([sys.executable, BENCH, "--tiny", "--device", "cpu", "--out", str(out),
-                           "--workdir", str(tmp / "work"), "--timeout", "100", "--profile", "--torch-profile"],
-                          capture_output=True, text=True, timeout=200, env=env, cwd=ROOT)
+                           "--workdir", str(tmp / "work"), "--timeout", "100", "--profile", "--torch-profile",
+                           "--repeat", "2"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     log = f"--- stdout\n{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     return proc, json.loads(out.read_text()) if out.exists() else None, log
 
@@ -63,6 +65,9 @@ def test_markdown_table(bench):
     for name in RAN + NOT_RUN:
         assert any(line.startswith(f"| {name} |") for line in rows), name
     assert sum(line.startswith("| sdnq-capped-legacy |") for line in rows) == 2  # timings + evidence tables
+    # --repeat 2: the step column gives the range of the two processes
+    assert any(line.startswith("| sdnq-resident-legacy |") and "2 runs)" in line for line in rows)
+    assert "2 processes per row" in text
 
 
 def test_configurations(bench):
@@ -88,6 +93,9 @@ def test_configurations(bench):
         # --profile: the timed steps' host functions, the SDNQ rows through comfy_sdnq's linear
         assert "Ordered by: internal time" in r["profile"]
         assert "comfy_sdnq" in r["profile"] or not name.startswith("sdnq"), r["profile"][:3000]
+        # --repeat 2: a second process per row, round-robin; the step is the median of the two
+        runs = r["step_s_runs"]
+        assert len(runs) == 2 and all(v > 0 for v in runs) and r["step_s"] == statistics.median(runs), runs
         # --torch-profile: the torch ops of the timed steps, the SDNQ rows through sdnq::linear
         assert "Self CPU" in r["torch_profile"]
         assert "sdnq::linear" in r["torch_profile"] or not name.startswith("sdnq"), r["torch_profile"][:3000]
