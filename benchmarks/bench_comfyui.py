@@ -80,7 +80,7 @@ ops and CUDA runtime calls by own host time, with their CUDA time): what the hos
 launch and allocation. Both slow the timed steps down; compare step times without them.
 --repeat N runs every row in N processes, round-robin over the rows: a host-bound row's step time
 varies from process to process by more than the differences worth measuring (the Dynamic VRAM
-SDNQ row: 0.080-0.116 s over eight processes of one machine), so compare medians of several.
+SDNQ row: 0.090-0.127 s over four processes of one machine), so compare medians of several.
 Exit status 1 when a configuration that ran failed, timed out, or missed its evidence.
 """
 from __future__ import annotations
