@@ -298,20 +298,22 @@ def finite_codes(t, raw):
     return raw
 
 
-def gemv_bound(x, w, y_ref):
+def gemv_bound(x, w, y_ref, sdt=None):
     """|y_gemv - y| for y = x @ w^T exact, w the dequantized weight in x's dtype. Exact mode: the
     kernel multiplies the very bf16/fp16 values (products exact in fp32) and sums K terms in
     fp32 in some order: |error| <= gamma_K * sum|x||w| with gamma_K ~ K * 2^-24 for
     round-to-nearest; the tensor cores' fp32 accumulation is not guaranteed to round to
     nearest, so allow K * 2^-22. Factored mode (groups of whole 128-k chunks): it multiplies
     the code values and scales each chunk's sum, so its weights are value * scale (+ zero
-    point) unrounded where w is rounded to x's dtype: at most half an ulp of each weight,
-    2^-9 |w| (bf16; 2^-12 for fp16), allowed twice. Then one rounding of y to bf16/fp16: at
-    most 2^-8 |y| (2^-11), doubled for the reference's own rounding."""
+    point) unrounded where w is rounded to the scale dtype sdt and then to x's dtype: at most
+    half an ulp of each weight in the coarser of the two, 2^-9 |w| (bf16; 2^-12 for fp16 x with
+    fp16/fp32 scales), allowed twice. Then one rounding of y to bf16/fp16: at most 2^-8 |y|
+    (2^-11), doubled for the reference's own rounding."""
     K = x.shape[1]
     mag = x.double().abs() @ w.double().abs().t()
     eps = 2.0**-8 if x.dtype == BF16 else 2.0**-11
-    return 2 * eps * y_ref.abs() + (K * 2.0**-22 + eps) * mag + 1e-30
+    eps_w = 2.0**-8 if BF16 in (x.dtype, sdt) else eps
+    return 2 * eps * y_ref.abs() + (K * 2.0**-22 + eps_w) * mag + 1e-30
 
 
 @pytest.mark.parametrize("name", GEMV_TYPES)
@@ -320,7 +322,8 @@ def test_gemv(name, M):
     t = dtypes.get(name)
     gen = torch.Generator().manual_seed(M * 100 + t.id)
     cases = [(64, 256, 256, BF16, F32), (100, 384, 32, F16, BF16), (48, 4128, 4128, BF16, BF16),
-             (24, 512, 128, BF16, F16), (40, 96, -2, F16, F32), (40, 640, 64, F16, F16)]
+             (24, 512, 128, BF16, F16), (40, 96, -2, F16, F32), (40, 640, 64, F16, F16),
+             (56, 384, 128, F16, BF16)]
     for n_out, k_in, group, xdt, sdt in cases:
         red = n_out * k_in if group == -2 else group
         view = (n_out * k_in // red, red, 1)
@@ -335,7 +338,7 @@ def test_gemv(name, M):
         w = kernels.dequantize(t, raw, scale, zp, view, (n_out, k_in), xdt, impl="fast")
         y64 = x.double() @ w.double().t() + (0 if bias is None else bias.double())
         err = (y.double() - y64).abs()
-        bound = gemv_bound(x, w, y64)
+        bound = gemv_bound(x, w, y64, sdt)
         assert bool((err <= bound).all()), f"{name} M={M} {view}: max err {err.max().item()} ({xdt}, scale {sdt})"
 
 

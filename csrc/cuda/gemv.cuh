@@ -28,8 +28,9 @@
  * chunk's sums are scaled once, y += s * sum(x * v) (+ z * sum(x), from an MMA
  * with an all-ones A) - per weight a decode and no arithmetic. Its weights are
  * value * scale (+ zero point) unrounded, where F.linear(x, dequantize(W))
- * multiplies them rounded to x's dtype: y differs by that rounding (at most half
- * an ulp of each weight) and the summation order. Exact, for the other layouts:
+ * multiplies them rounded to the scale dtype, then to x's dtype: y differs by those
+ * roundings (at most half an ulp of each weight in the coarser of the two dtypes)
+ * and the summation order. Exact, for the other layouts:
  * each weight is dequantized to dequant.cuh's value in x's dtype (value * scale
  * (+ zero point), rounded as sdnq rounds) and multiplied; y differs from
  * F.linear(x, W_dequantized) only by the fp32 summation order. Code values come
@@ -364,9 +365,10 @@ __device__ __forceinline__ void gemv_unit_values(const GemvArgs &a, const float 
  * multiplied. Factored (FACT = true; groups made of whole 128-k chunks and code values exact in
  * x's dtype, which the launcher checks): the MMAs take the code values themselves and each
  * chunk's sums are scaled once per row, y += s * sum(x * v) (+ z * sum(x)), the zero point's
- * sum(x) from an MMA with an all-ones A. The factored weights are never rounded to x's dtype,
- * so y differs from F.linear(x, dequantize(W)) by that rounding (at most half an ulp of each
- * weight) as well as by the summation order; per weight it costs a decode and no arithmetic. */
+ * sum(x) from an MMA with an all-ones A. The factored weights are never rounded (the dequantizer
+ * rounds them to the scale dtype, then to x's dtype), so y differs from F.linear(x,
+ * dequantize(W)) by those roundings (at most half an ulp of each weight in the coarser dtype) as
+ * well as by the summation order; per weight it costs a decode and no arithmetic. */
 template <int BITS, int DEC, bool FACT> struct gemv_packed {
     /* 4-bit integer codes in the factored mode: decoded two per instruction (deq_packed4) */
     static constexpr bool value = FACT && DEC == DEC_INT && BITS == 4;
