@@ -167,6 +167,7 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
             const float off = (bf ? 128.0f : 1024.0f) - (float)t->min;
             const uint32_t h = bf ? sdnq_f32_to_bf16(off) : sdnq_f32_to_f16(off);
             a->off2 = h | (h << 16);
+            a->top_sub = 16.0f - (float)t->min; /* deq_packed4_top's offset */
         }
         a->nch = (int32_t)nch;
         a->items = (int32_t)items;

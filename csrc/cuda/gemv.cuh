@@ -120,8 +120,10 @@ struct GemvArgs {
     /* DEC_INT: value = float(2^23 + (byte ^ xor8)) - magic_sub */
     uint32_t xor8;
     float magic_sub;
-    /* the packed decode (deq_packed4): the pair (m - min, m - min) in x's dtype, m its magic base */
+    /* the packed decode (deq_packed4): the pair (m - min, m - min) in x's dtype, m its magic base;
+     * with a zero point (deq_packed4_top): 16 - min, see gemv_compute_t */
     uint32_t off2;
+    float top_sub;
     /* split-K (gemv_kernel): items = row groups * nch, ipb items per block, the blocks' partial
      * sums in work (segment b + gi: GEMV_WARPS * NT * GEMV_FRAG floats each) */
     int32_t nch, ipb, items;
@@ -385,6 +387,24 @@ template <int XDT> __device__ __forceinline__ void deq_packed4(uint32_t w, uint3
     for (int q = 0; q < 4; q++) p[q] = h2_sub<XDT>(((w >> (4 * q)) & 0x000F000Fu) | MAG, off2);
 }
 
+/* The packed decode without the subtraction, for layouts with a zero point (whose sum of x the
+ * factored mode has at hand): the nibble pair goes into the top four mantissa bits of 1.0, so
+ * each value is 1 + c/16 exactly (bf16 bits 6..3, f16 bits 9..6), same pairing as deq_packed4.
+ * gemv_compute_t turns the sums back: sum(x (c + min)) = 16 sum(x (1 + c/16)) - (16 - min) sum(x).
+ * With the code at the top of the mantissa rather than at the bottom of 128 or 1024, the sums
+ * carry 16 + c per code instead of 128 + c or 1024 + c: the part that cancels is 8 (bf16) or 64
+ * (fp16) times smaller. */
+template <int XDT> __device__ __forceinline__ void deq_packed4_top(uint32_t w, uint32_t (&p)[4]) {
+    constexpr uint32_t ONE = XDT == SDNQ_DT_BF16 ? 0x3F803F80u : 0x3C003C00u;
+    constexpr int POS = XDT == SDNQ_DT_BF16 ? 3 : 6; /* the nibble's lowest bit in the half */
+    constexpr uint32_t MASK = 0x000F000Fu << POS;
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        const int sh = 4 * q - POS; /* nibble q (and q + 4) at bit 4q (16 + 4q) */
+        p[q] = ((sh >= 0 ? w >> sh : w << -sh) & MASK) | ONE;
+    }
+}
+
 /* accumulator sets: with one token tile the MMAs alternate between two sets (two independent
  * MMA chains); two token tiles are two chains already (and need the registers) */
 template <int NT> struct gemv_accs {
@@ -392,13 +412,15 @@ template <int NT> struct gemv_accs {
 };
 
 /* the A operand of one unit (8 k's) for rows g and g + 8, four registers each (the factored
- * mode's values carry no scale or zero point) */
-template <int BITS, int XDT, int SDT, int DEC, bool FACT>
+ * mode's values carry no scale or zero point; TOP: the packed decode's 1 + c/16) */
+template <int BITS, int XDT, int SDT, int DEC, bool FACT, bool TOP>
 __device__ __forceinline__ void gemv_unit_a(const GemvArgs &a, const float *lut, const GemvStage<BITS> &st, int u,
                                             uint32_t (&p)[2][4]) {
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        if constexpr (gemv_packed<BITS, DEC, FACT>::value) {
+        if constexpr (TOP) {
+            deq_packed4_top<XDT>(st.w[h][u], p[h]);
+        } else if constexpr (gemv_packed<BITS, DEC, FACT>::value) {
             deq_packed4<XDT>(st.w[h][u], a.off2, p[h]);
         } else {
             float v[UNIT];
@@ -424,12 +446,14 @@ __device__ __forceinline__ void gemv_compute_t(const GemvArgs &a, const float *l
                                                float (&acc)[gemv_accs<NT>::value][NT][4]) {
     constexpr int A1 = gemv_accs<NT>::value - 1; /* the second MMA's set */
     constexpr uint32_t ONES = XDT == SDNQ_DT_BF16 ? 0x3F803F80u : 0x3C003C00u;
+    /* packed 4-bit codes with a zero point: values 1 + c/16 (deq_packed4_top), no subtraction */
+    constexpr bool TOP = FACT && ASYM && gemv_packed<BITS, DEC, FACT>::value;
     /* chunk sums and (zero point) sums of x, each in two sets: two independent MMA chains */
     float cs[FACT ? gemv_accs<NT>::value : 1][NT][4] = {}, xs[FACT && ASYM ? 2 : 1][FACT && ASYM ? NT : 1][4] = {};
 #pragma unroll
     for (int u = 0; u < 4; u++) {
         uint32_t p[2][4];
-        gemv_unit_a<BITS, XDT, SDT, DEC, FACT>(a, lut, st, u, p);
+        gemv_unit_a<BITS, XDT, SDT, DEC, FACT, TOP>(a, lut, st, u, p);
 #pragma unroll
         for (int nt = 0; nt < NT; nt++) {
             float(&c0)[4] = FACT ? cs[0][nt] : acc[0][nt];
@@ -443,14 +467,22 @@ __device__ __forceinline__ void gemv_compute_t(const GemvArgs &a, const float *l
         }
     }
     if constexpr (FACT) {
+        /* per row: the scale and zero point the sums take; TOP: s (c + min) + z = 16 s (1 + c/16)
+         * + (z - (16 - min) s), 16 s exact */
+        float sf[2], zf[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            sf[h] = TOP ? 16.0f * st.s[h] : st.s[h];
+            zf[h] = TOP ? __fmaf_rn(-a.top_sub, st.s[h], st.z[h]) : st.z[h];
+        }
 #pragma unroll
         for (int nt = 0; nt < NT; nt++)
 #pragma unroll
             for (int q = 0; q < 4; q++) {
                 const float v = A1 ? __fadd_rn(cs[0][nt][q], cs[A1][nt][q]) : cs[0][nt][q];
-                acc[0][nt][q] = __fmaf_rn(v, st.s[q >> 1], acc[0][nt][q]);
+                acc[0][nt][q] = __fmaf_rn(v, sf[q >> 1], acc[0][nt][q]);
                 if constexpr (ASYM)
-                    acc[0][nt][q] = __fmaf_rn(__fadd_rn(xs[0][nt][q], xs[FACT && ASYM ? 1 : 0][nt][q]), st.z[q >> 1],
+                    acc[0][nt][q] = __fmaf_rn(__fadd_rn(xs[0][nt][q], xs[FACT && ASYM ? 1 : 0][nt][q]), zf[q >> 1],
                                               acc[0][nt][q]);
             }
     }
