@@ -1165,7 +1165,7 @@ def parse(argv=None):
     ap.add_argument("--repeat", type=int, default=1,
                     help="processes per configuration, round-robin over the configurations: the step column is "
                          "then the median of the processes' medians, their spread beside it (the host's speed "
-                         "varies from process to process; single runs of host-bound rows differ by 30%%)")
+                         "varies from process to process; single processes of a host-bound row differ by up to 40%%)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args(argv)
     if args.repeat < 1:
