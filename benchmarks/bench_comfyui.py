@@ -1299,12 +1299,13 @@ def _run(args, workdir, models_dir, t_start) -> int:
             res = run_child("worker", dict(wspecs[name], latent_out=latents[name] + f".r{rnd}"), workdir,
                             args.timeout, args.verbose)
             first = results[name]
-            first["step_s_runs"].append(res.get("step_s") if res.get("status") == "ok" else None)
-            say(f"{name} (run {rnd + 1}): " + (f"step {res['step_s']:.3f} s" if res.get("status") == "ok" else
-                                               f"{res.get('status')}: {res.get('error')}"))
+            ok = res.get("status") == "ok"
+            first["step_s_runs"].append(res["step_s"] if ok else None)
+            if not ok:  # a failed repeat fails the run as a failed first process would
+                first.setdefault("repeat_errors", []).append(f"run {rnd + 1}: {res.get('status')}: {res.get('error')}")
+            say(f"{name} (run {rnd + 1}): " + (f"step {res['step_s']:.3f} s" if ok else first["repeat_errors"][-1]))
             if rnd == args.repeat - 1:
-                ok = [v for v in first["step_s_runs"] if v is not None]
-                first["step_s"] = statistics.median(ok)
+                first["step_s"] = statistics.median(v for v in first["step_s_runs"] if v is not None)
             continue
         kind, mode, capped = CONFIGS[name]
         flags = base[mode] + (cap_flags if capped else []) + extra
@@ -1329,7 +1330,6 @@ def _run(args, workdir, models_dir, t_start) -> int:
         wspecs[name] = wspec
         if res.get("status") == "ok":
             res["step_s_runs"] = [res["step_s"]]
-        if res.get("status") == "ok":
             say(f"{name}: {res.get('patcher')}, step {res['step_s']:.3f} s, loaded {size(res.get('loaded_size'))} of "
                 f"{size(res.get('model_size'))}, layers moved per step {res.get('moved_layers_per_step')} (lowvram "
                 f"casts {res.get('lowvram_casts_per_step')}), process {res['wall_s']:.0f} s")
@@ -1343,7 +1343,7 @@ def _run(args, workdir, models_dir, t_start) -> int:
     evid = {n: evidence(n, r, cmp, cap, emulated) for n, r in results.items()}
     text = render(env, model, cap, flags_of, results, cmp, evid, args)
     print("\n" + text + "\n", flush=True)
-    failed = [n for n, r in results.items() if r.get("status") not in ("ok", "not_run")]
+    failed = [n for n, r in results.items() if r.get("status") not in ("ok", "not_run") or r.get("repeat_errors")]
     missed = {n: [k for k, v in e.items() if not v] for n, e in evid.items() if not all(e.values())}
     if failed:
         print(f"FAILED: {', '.join(failed)}")
