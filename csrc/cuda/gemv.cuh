@@ -391,9 +391,8 @@ template <int XDT> __device__ __forceinline__ void deq_packed4(uint32_t w, uint3
  * factored mode has at hand): the nibble pair goes into the top four mantissa bits of 1.0, so
  * each value is 1 + c/16 exactly (bf16 bits 6..3, f16 bits 9..6), same pairing as deq_packed4.
  * gemv_compute_t turns the sums back: sum(x (c + min)) = 16 sum(x (1 + c/16)) - (16 - min) sum(x).
- * With the code at the top of the mantissa rather than at the bottom of 128 or 1024, the sums
- * carry 16 + c per code instead of 128 + c or 1024 + c: the part that cancels is 8 (bf16) or 64
- * (fp16) times smaller. */
+ * The sums carry 16 + c per code, of which 16 cancels; deq_packed4's values without their
+ * subtraction (128 + c, 1024 + c) would leave 8 (bf16) or 64 (fp16) times more to cancel. */
 template <int XDT> __device__ __forceinline__ void deq_packed4_top(uint32_t w, uint32_t (&p)[4]) {
     constexpr uint32_t ONE = XDT == SDNQ_DT_BF16 ? 0x3F803F80u : 0x3C003C00u;
     constexpr int POS = XDT == SDNQ_DT_BF16 ? 3 : 6; /* the nibble's lowest bit in the half */
