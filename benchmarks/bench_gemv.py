@@ -2,8 +2,8 @@
 shapes, uint4 in groups of 128 with a zero point (sdnq's published uint4 layout) without and with
 an SVD branch of rank 32, at M = 1 and 16, against bf16 F.linear in the same process. Random codes
 and scales (the kernel's speed does not depend on their values). Each call is captured in a CUDA
-graph and replayed after a read of 256 MiB that evicts L2, median of the replays, as
-bench_gpu.py times; about 10 s, for A/B runs of GEMV builds (alternate the builds, several
+graph and replayed after a read of 256 MiB that evicts L2, median of 40 replays (bench_gpu.py's
+timing); about 10 s, for A/B runs of GEMV builds (alternate the builds, several
 processes each) where bench_gpu.py's full table would take minutes.
 
     python benchmarks/bench_gemv.py [--label new] [--out gemv.json]
@@ -13,40 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_gpu import SHAPES, Timer, graph_time_ms  # noqa: E402  (puts the repository on sys.path)
 
 from comfy_sdnq import dtypes, kernels  # noqa: E402
-
-SHAPES = ((3072, 3072), (9216, 3072), (12288, 3072), (3072, 12288), (3072, 15360))
-
-
-def graph_us(fn, flush: torch.Tensor, reps: int = 40) -> float:
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    events = []
-    for _ in range(reps):
-        flush.sum()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        events.append((a, b))
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in events) * 1e3
 
 
 def main(argv=None) -> int:
@@ -58,7 +32,11 @@ def main(argv=None) -> int:
         print("bench_gemv: needs a CUDA device and comfy_sdnq._C_cuda", file=sys.stderr)
         return 2
     dev = "cuda"
-    flush = torch.ones(256 << 20, dtype=torch.uint8, device=dev)
+    timer = Timer(reps=40, warmup=2)
+
+    def us(fn) -> float:
+        return graph_time_ms(fn, timer) * 1e3
+
     t = dtypes.get("uint4")
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -75,11 +53,9 @@ def main(argv=None) -> int:
             if kernels.gemv(t, raw, scale, zp, view, x, None, N) is None:
                 print(f"bench_gemv: the kernel refused {N}x{K} M={M}", file=sys.stderr)
                 return 1
-            rows.append({"N": N, "K": K, "M": M,
-                         "bf16_us": graph_us(lambda: torch.nn.functional.linear(x, w), flush),
-                         "g128_us": graph_us(lambda: kernels.gemv(t, raw, scale, zp, view, x, None, N), flush),
-                         "svd32_us": graph_us(lambda: kernels.gemv(t, raw, scale, zp, view, x, None, N, up, down),
-                                              flush)})
+            rows.append({"N": N, "K": K, "M": M, "bf16_us": us(lambda: torch.nn.functional.linear(x, w)),
+                         "g128_us": us(lambda: kernels.gemv(t, raw, scale, zp, view, x, None, N)),
+                         "svd32_us": us(lambda: kernels.gemv(t, raw, scale, zp, view, x, None, N, up, down))})
     for M in (1, 16):
         r = [x for x in rows if x["M"] == M]
         bf = sum(x["bf16_us"] for x in r)
