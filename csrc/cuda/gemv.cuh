@@ -150,25 +150,16 @@ struct LowrankArgs {
     float *t;    /* [splits, M, rank]: partial sums over each split's k range (t itself when one) */
 };
 
-/* two fp32 values -> one register of two XDT halves, lo first (RNE) */
-template <int XDT> __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    uint32_t u;
-    if constexpr (XDT == SDNQ_DT_BF16) {
-        const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        memcpy(&u, &v, sizeof u);
-    } else {
-        const __half2 v = __floats2half2_rn(lo, hi);
-        memcpy(&u, &v, sizeof u);
-    }
-    return u;
-}
+/* the pair (1, 1) in XDT: the all-ones A operand of the zero point's sum(x), and the base of
+ * deq_packed4_top's values */
+template <int XDT> constexpr uint32_t ONES2 = XDT == SDNQ_DT_BF16 ? 0x3F803F80u : 0x3C003C00u;
 
 /* 8 values of one weight row -> 4 registers of XDT pairs */
 template <int SDT, int XDT, bool ASYM>
 __device__ __forceinline__ void deq_pack8(const float (&v)[UNIT], float s, float z, uint32_t (&p)[4]) {
 #pragma unroll
     for (int q = 0; q < 4; q++)
-        p[q] = pack2<XDT>(dq_value<SDT, XDT, ASYM>(v[2 * q], s, z), dq_value<SDT, XDT, ASYM>(v[2 * q + 1], s, z));
+        p[q] = pack_pair<XDT>(dq_value<SDT, XDT, ASYM>(v[2 * q], s, z), dq_value<SDT, XDT, ASYM>(v[2 * q + 1], s, z));
 }
 
 /* one XDT value (raw bits) -> fp32 */
@@ -394,13 +385,12 @@ template <int XDT> __device__ __forceinline__ void deq_packed4(uint32_t w, uint3
  * The sums carry 16 + c per code, of which 16 cancels; deq_packed4's values without their
  * subtraction (128 + c, 1024 + c) would leave 8 (bf16) or 64 (fp16) times more to cancel. */
 template <int XDT> __device__ __forceinline__ void deq_packed4_top(uint32_t w, uint32_t (&p)[4]) {
-    constexpr uint32_t ONE = XDT == SDNQ_DT_BF16 ? 0x3F803F80u : 0x3C003C00u;
     constexpr int POS = XDT == SDNQ_DT_BF16 ? 3 : 6; /* the nibble's lowest bit in the half */
     constexpr uint32_t MASK = 0x000F000Fu << POS;
 #pragma unroll
     for (int q = 0; q < 4; q++) {
         const int sh = 4 * q - POS; /* nibble q (and q + 4) at bit 4q (16 + 4q) */
-        p[q] = ((sh >= 0 ? w >> sh : w << -sh) & MASK) | ONE;
+        p[q] = ((sh >= 0 ? w >> sh : w << -sh) & MASK) | ONES2<XDT>;
     }
 }
 
@@ -426,7 +416,7 @@ __device__ __forceinline__ void gemv_unit_a(const GemvArgs &a, const float *lut,
             gemv_unit_values<BITS, DEC>(a, lut, st.w[h], u, v);
             if constexpr (FACT) {
 #pragma unroll
-                for (int q = 0; q < 4; q++) p[h][q] = pack2<XDT>(v[2 * q], v[2 * q + 1]); /* exact */
+                for (int q = 0; q < 4; q++) p[h][q] = pack_pair<XDT>(v[2 * q], v[2 * q + 1]); /* exact */
             } else { /* exact: the zero point branched on per unit (fewer registers than per chunk) */
                 if (a.asym) deq_pack8<SDT, XDT, true>(v, st.s[h], st.z[h], p[h]);
                 else deq_pack8<SDT, XDT, false>(v, st.s[h], st.z[h], p[h]);
@@ -444,7 +434,7 @@ __device__ __forceinline__ void gemv_compute_t(const GemvArgs &a, const float *l
                                                const uint32_t (&x)[NT][16],
                                                float (&acc)[gemv_accs<NT>::value][NT][4]) {
     constexpr int A1 = gemv_accs<NT>::value - 1; /* the second MMA's set */
-    constexpr uint32_t ONES = XDT == SDNQ_DT_BF16 ? 0x3F803F80u : 0x3C003C00u;
+    constexpr uint32_t ONES = ONES2<XDT>;
     /* packed 4-bit codes with a zero point: values 1 + c/16 (deq_packed4_top), no subtraction */
     constexpr bool TOP = FACT && ASYM && gemv_packed<BITS, DEC, FACT>::value;
     /* chunk sums and (zero point) sums of x, each in two sets: two independent MMA chains */
@@ -510,7 +500,7 @@ template <int XDT> __device__ __forceinline__ void svd_up_frag(const GemvArgs &a
             v[e] = n < a.N && j + e < a.rank
                        ? sdnq_load_float(a.up, (int64_t)n * a.us0 + (int64_t)(j + e) * a.us1, a.up_dtype)
                        : 0.0f;
-        r[i] = pack2<XDT>(v[0], v[1]);
+        r[i] = pack_pair<XDT>(v[0], v[1]);
     }
 }
 
@@ -522,7 +512,7 @@ template <int XDT> __device__ __forceinline__ void svd_t_frag(const GemvArgs &a,
         const int j = j0 + 2 * t + i * 8;
         const float *tp = a.lowrank + (int64_t)m * a.rank + j;
         const bool mv = m < a.M;
-        b[i] = pack2<XDT>(mv && j < a.rank ? __ldg(tp) : 0.0f, mv && j + 1 < a.rank ? __ldg(tp + 1) : 0.0f);
+        b[i] = pack_pair<XDT>(mv && j < a.rank ? __ldg(tp) : 0.0f, mv && j + 1 < a.rank ? __ldg(tp + 1) : 0.0f);
     }
 }
 
