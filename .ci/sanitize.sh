@@ -143,8 +143,10 @@ pytest_run() {  # pytest_run ARGS...: pytest_once, run again once where LeakSani
 }
 
 smoke() {
-    # the sanitized module must be the one imported (and run: backend "c")
-    env "${PYENV[@]}" "$PYTHON" -c '
+    # the sanitized module must be the one imported (and run: backend "c"). No leak check at this
+    # process's exit (the pytest runs below do it): LeakSanitizer's tracer crash described at
+    # pytest_run would fail the stage here with nothing checked, and this check is not retried
+    env "${PYENV[@]}" ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0" "$PYTHON" -c '
 import comfy_sdnq, comfy_sdnq.kernels as k, sys
 assert k.backend() == "c", k.backend()
 assert k._C.__file__.startswith(sys.argv[1]), k._C.__file__
