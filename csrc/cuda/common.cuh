@@ -400,6 +400,19 @@ __device__ __forceinline__ void prefetch_l1(const void *p) {
 #endif
 }
 
+/* (a & MASK) | OR in one LOP3. With both constants immediate, nvcc's own code is an AND and
+ * an OR (one LOP3 takes one immediate); spelled as lop3.b32, ptxas keeps one of them in a
+ * register, set once outside the loops */
+template <uint32_t MASK, uint32_t OR> __device__ __forceinline__ uint32_t and_or(uint32_t a) {
+#ifdef SDNQ_CUDA_EMU
+    return (a & MASK) | OR;
+#else
+    uint32_t d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "n"(MASK), "n"(OR)); /* 0xEA: (a & b) | c */
+    return d;
+#endif
+}
+
 /* ------------------------------------------------------------------------ */
 /* tensor cores                                                              */
 

@@ -375,7 +375,7 @@ template <int BITS, int DEC, bool FACT> struct gemv_packed {
 template <int XDT> __device__ __forceinline__ void deq_packed4(uint32_t w, uint32_t off2, uint32_t (&p)[4]) {
     constexpr uint32_t MAG = XDT == SDNQ_DT_BF16 ? 0x43004300u : 0x64006400u;
 #pragma unroll
-    for (int q = 0; q < 4; q++) p[q] = h2_sub<XDT>(((w >> (4 * q)) & 0x000F000Fu) | MAG, off2);
+    for (int q = 0; q < 4; q++) p[q] = h2_sub<XDT>(and_or<0x000F000Fu, MAG>(w >> (4 * q)), off2);
 }
 
 /* The packed decode without the subtraction, for layouts with a zero point (whose sum of x the
@@ -390,7 +390,7 @@ template <int XDT> __device__ __forceinline__ void deq_packed4_top(uint32_t w, u
 #pragma unroll
     for (int q = 0; q < 4; q++) {
         const int sh = 4 * q - POS; /* nibble q (and q + 4) at bit 4q (16 + 4q) */
-        p[q] = ((sh >= 0 ? w >> sh : w << -sh) & MASK) | ONES2<XDT>;
+        p[q] = and_or<MASK, ONES2<XDT>>(sh >= 0 ? w >> sh : w << -sh);
     }
 }
 
