@@ -325,7 +325,6 @@ def cuda_ready(*tensors: torch.Tensor) -> bool:
 
 
 GEMV_MAX_M = 16  # _C_cuda.GEMV_MAX_M
-GEMV_LOWRANK_SPLITS = 128  # _C_cuda.GEMV_LOWRANK_SPLITS: scratch for the SVD branch's partial sums
 
 
 _NO_SVD = (0,) * 13
@@ -351,10 +350,11 @@ def gemv(t: SdnqType, codes: torch.Tensor, scale: torch.Tensor, zero_point: torc
     if bias is not None and (bias.dtype != x2.dtype or bias.stride(-1) != 1):
         bias = bias.to(x2.dtype).contiguous()
     y = torch.empty((M, n_out), dtype=x2.dtype, device=dev)
-    # one fp32 scratch: the split-K partial sums, then the SVD branch's t and its partial sums
+    # one fp32 scratch: the split-K partial sums, then the SVD branch's partial sums of x @ down^T
     nwork = _C_cuda.gemv_work_floats(M, n_out)
     rank = 0 if up is None else up.shape[1]
-    scratch = torch.empty((nwork + GEMV_LOWRANK_SPLITS * M * rank,), dtype=torch.float32, device=dev)
+    nlow = _C_cuda.gemv_lowrank_floats(M, rank) if rank else 0
+    scratch = torch.empty((nwork + nlow,), dtype=torch.float32, device=dev)
     if up is not None:
         lowrank = scratch[nwork:]
         svd = (rank, up.data_ptr(), _dt(up.dtype), _span(up), up.stride(0), up.stride(1), down.data_ptr(),

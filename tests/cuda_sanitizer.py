@@ -115,6 +115,26 @@ def main():
         check(f"gemv {name} M={M} N={n_out} K={k_in}",
               y is not None and bool(((y.float() - ref).abs() <= 0.02 * ref.abs().amax()).all()))
 
+    # GEMV with the SVD branch: the low-rank blocks (shared-memory reduction, two ranks steps, k
+    # ranges over several blocks) for each way of reading down, one and two token tiles
+    t = dtypes.get("uint4")
+    n_out, k_in, rank = 40, 2048, 18
+    view = (n_out * k_in // 128, 128, 1)
+    raw = codes_for(t, n_out * k_in, gen).to(DEV)
+    scale, zp = (v.to(DEV) for v in side(t, view, gen))
+    w = kernels.dequantize(t, raw, scale, zp, view, (n_out, k_in), BF16, impl="fast").float()
+    up = (torch.randn(n_out, rank, generator=gen) * 0.1).to(BF16).to(DEV)
+    for form, down in (("k pairs", torch.randn(rank, k_in, generator=gen)),
+                       ("rank pairs", torch.randn(k_in, rank, generator=gen).t()),
+                       ("elements", torch.randn(rank, 2 * k_in, generator=gen)[:, ::2])):
+        down = (down * 0.1).to(BF16).to(DEV)
+        for M in (1, 11):
+            x = torch.randn(M, k_in, generator=gen).to(BF16).to(DEV)
+            y = kernels.gemv(t, raw, scale, zp, view, x, None, n_out, up, down)
+            ref = x.float() @ w.t() + (x.float() @ down.float().t()) @ up.float().t()
+            check(f"gemv svd rank {rank} {form} M={M}",
+                  y is not None and bool(((y.float() - ref).abs() <= 0.02 * ref.abs().amax()).all()))
+
     # W8A8 pieces: row quantization (int8, fp8), cuBLASLt int8 + epilogue, fp8 fused and fp32 + epilogue
     for kind in ("int8", "fp8"):
         x = torch.randn(5, 37, generator=gen).to(BF16).to(DEV)

@@ -447,6 +447,43 @@ def test_gemv_svd(name, M, strided, n_out, k_in, group, rank):
     assert bool((err <= bound).all()), f"{name} M={M}: max err {err.max().item()}"
 
 
+@pytest.mark.parametrize("form", ["f32", "odd_rank", "k_strided", "f16"])
+@pytest.mark.parametrize("M", [1, 9])
+def test_gemv_svd_down_forms(form, M):
+    """the low-rank blocks' three ways of reading down: pairs along k (rows), pairs along the rank
+    (sdnq's column-major factor) and element by element, here for fp32 factors, an odd rank in
+    column-major storage, a k stride of 2 (a view), and fp16 x with fp16 factors. fp32 down is
+    rounded to x's dtype before the product, as the torch path does (down.to(x.dtype)), so the
+    reference rounds it too; tolerance as test_gemv_svd"""
+    t = dtypes.get("uint4")
+    n_out, k_in, group = 48, 2048, 128  # two low-rank blocks
+    rank = 13 if form == "odd_rank" else 24
+    xdt = F16 if form == "f16" else BF16
+    gen = torch.Generator().manual_seed(M * 31 + len(form))
+    view = (n_out * k_in // group, group, 1)
+    raw = to_dev(random_codes(t, n_out * k_in, gen))
+    scale, zp = (v.to(DEV) for v in random_side(t, view, BF16, gen))
+    fdt = F32 if form == "f32" else xdt
+    up = (torch.randn(n_out, rank, generator=gen) * 0.1).to(fdt).to(DEV)
+    if form == "k_strided":
+        down = (torch.randn(rank, 2 * k_in, generator=gen) * 0.1).to(fdt).to(DEV)[:, ::2]
+    elif form == "odd_rank":
+        down = (torch.randn(k_in, rank, generator=gen) * 0.1).to(fdt).to(DEV).t()
+    else:
+        down = (torch.randn(rank, k_in, generator=gen) * 0.1).to(fdt).to(DEV)
+    x = torch.randn(M, k_in, generator=gen).to(xdt).to(DEV)
+    y = kernels.gemv(t, raw, scale, zp, view, x, None, n_out, up, down)
+    assert y is not None
+    w = kernels.dequantize(t, raw, scale, zp, view, (n_out, k_in), xdt, impl="fast")
+    d64, u64 = down.to(xdt).double(), up.to(xdt).double()
+    y64 = x.double() @ w.double().t() + (x.double() @ d64.t()) @ u64.t()
+    lowmag = (x.double().abs() @ d64.abs().t()) @ u64.abs().t()
+    eps = 2.0**-8 if xdt == BF16 else 2.0**-11
+    bound = gemv_bound(x, w, y64) + ((k_in + rank) * 2.0**-22 + eps) * lowmag
+    err = (y.double() - y64).abs()
+    assert bool((err <= bound).all()), f"{form} M={M}: max err {err.max().item()}"
+
+
 def test_gemv_scratch_checks(monkeypatch):
     """the C launcher's checks of the caller scratch, through gemv_supported with the arguments of a
     real call: no work buffer (NULL), too small a one (RANGE), one overlapping the low-rank
@@ -470,7 +507,7 @@ def test_gemv_scratch_checks(monkeypatch):
     def status(**change):
         a = list(args)
         for k, v in change.items():
-            a[{"lowrank": LOWRANK, "work": WORK, "work_numel": WORK_N}[k]] = v
+            a[{"lowrank": LOWRANK, "lowrank_numel": LOWRANK_N, "work": WORK, "work_numel": WORK_N}[k]] = v
         return kernels._C_cuda.gemv_supported(*a, 0)
 
     assert status() == 0
@@ -479,6 +516,12 @@ def test_gemv_scratch_checks(monkeypatch):
     assert status(work_numel=args[WORK_N] + 1) == 4  # its last float is lowrank's first
     assert status(work=args[LOWRANK] + 4 * args[LOWRANK_N] - 4) == 4  # its first float is lowrank's last
     assert status(work=args[LOWRANK] + 4 * args[LOWRANK_N]) == 0  # right after lowrank
+    # the low-rank scratch: one low-rank block's partial sums at least (rank 8, one token tile:
+    # 128 floats), 16-byte aligned for the finishing kernel's vector loads
+    assert args[LOWRANK_N] == kernels._C_cuda.gemv_lowrank_floats(1, rank) == kernels._C_cuda.GEMV_LOWRANK_SPLITS * 128
+    assert status(lowrank_numel=128) == 0
+    assert status(lowrank_numel=127) == 4  # SDNQ_ERR_RANGE
+    assert status(lowrank=args[LOWRANK] + 4, lowrank_numel=args[LOWRANK_N] - 1) == 7  # not 16-byte aligned: UNSUPPORTED
 
 
 def test_gemv_refuses_and_linear_falls_back():

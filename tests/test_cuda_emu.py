@@ -157,6 +157,12 @@ def test_emu_gemv_svd(emu, name, M):
     T.test_gemv_svd(name, M, M == 9, 56, 256, 128, 40)
 
 
+@pytest.mark.parametrize("form", ["f32", "odd_rank", "k_strided", "f16"])
+@pytest.mark.parametrize("M", [1, 9])
+def test_emu_gemv_svd_down_forms(emu, form, M):
+    T.test_gemv_svd_down_forms(form, M)
+
+
 @pytest.mark.parametrize("shape", [(64, 384, 8), (37, 70, 3), (5, 700, 40)])
 def test_emu_svd_add(emu, shape):
     for wdt in (T.F32, T.BF16):

@@ -17,6 +17,15 @@ static_assert(SDNQ_GEMV_WORK_FLOATS(1, GEMV_GROUP + 1, 3) == 5 * gemv_segment_fl
                   SDNQ_GEMV_WORK_FLOATS(9, GEMV_GROUP, 2) == 3 * gemv_segment_floats(9),
               "SDNQ_GEMV_WORK_FLOATS matches the kernel's segments");
 
+/* floats of one low-rank block's partial sums of t (gemv_lowrank_kernel): per token tile and 16
+ * ranks, a fragment of 4 floats per lane */
+constexpr int64_t lr_split_floats(int64_t M, int64_t rank) { return (M > 8 ? 2 : 1) * ((rank + 15) / 16) * LR_FRAG; }
+static_assert(SDNQ_GEMV_LOWRANK_FLOATS(1, 17, 3) == 3 * lr_split_floats(1, 17) &&
+                  SDNQ_GEMV_LOWRANK_FLOATS(9, 32, 1) == lr_split_floats(9, 32),
+              "SDNQ_GEMV_LOWRANK_FLOATS matches the low-rank blocks' partial sums");
+/* ranks the SVD branch takes (the kernels' rank arithmetic is 32-bit) */
+constexpr int64_t LR_MAX_RANK = (int64_t)1 << 20;
+
 /* row groups of the split-K GEMV, and how many blocks' segments the work buffer holds besides
  * one per row group (prepare() refuses less than one) */
 int64_t gemv_row_groups(int64_t N) { return (N + GEMV_GROUP - 1) / GEMV_GROUP; }
@@ -29,6 +38,44 @@ bool fits2d(int64_t rows, int64_t cols, int64_t ld, int64_t numel) {
     if (ld < cols) return false;
     int64_t last = sdnq_max_index3(rows, ld, cols, 1, 1, 0);
     return last >= 0 && last < numel;
+}
+
+/* f(dt_const<layout>) for a LowrankLayout */
+template <class F> void with_lowrank_layout(int layout, F &&f) {
+    if (layout == LR_KPAIRS) f(dt_const<LR_KPAIRS>{});
+    else if (layout == LR_JPAIRS) f(dt_const<LR_JPAIRS>{});
+    else f(dt_const<LR_ANY>{});
+}
+
+/* how the low-rank kernel reads down (gemv.cuh's LowrankLayout): pairs along k or along the rank
+ * in x's dtype, 4-byte aligned, else element by element */
+int lowrank_layout(const sdnq_gemv_desc *d) {
+    if (d->down_dtype != d->x_dtype || !aligned(d->down, 4)) return LR_ANY;
+    if (d->down_stride[1] == 1 && d->down_stride[0] % 2 == 0) return LR_KPAIRS;
+    if (d->down_stride[0] == 1 && d->down_stride[1] % 2 == 0 && d->rank % 2 == 0) return LR_JPAIRS;
+    return LR_ANY;
+}
+
+/* The low-rank kernel's blocks, given the block slots the GEMV's grid leaves free (it runs in
+ * them, beside the weight stream): as many as are free, so that each warp issues one round of
+ * loads per group of ranks (LR_UNROLL 16-k steps), but at least enough for three rounds (the
+ * SVD branch then still ends before the weight stream) and at most SDNQ_GEMV_LOWRANK_SPLITS and
+ * what the scratch holds; each block's k range a multiple of 32. Returns the blocks the GEMV
+ * must give up for them (0 where enough are free). */
+int64_t lowrank_split(const sdnq_gemv_desc *d, int64_t free_slots, GemvArgs *a) {
+    const int64_t steps = d->K / 16 * ((d->rank + 16 * LR_RSTEPS - 1) / (16 * LR_RSTEPS)); /* per warp: / 8 */
+    const int64_t round = GEMV_WARPS * LR_UNROLL;
+    const int64_t lo = (steps + 3 * round - 1) / (3 * round), hi = (steps + round - 1) / round;
+    int64_t want = free_slots > lo ? free_slots : lo;
+    if (want > hi) want = hi;
+    const int64_t fit = d->lowrank_numel / lr_split_floats(d->M, d->rank); /* >= 1: prepare() */
+    if (want > SDNQ_GEMV_LOWRANK_SPLITS) want = SDNQ_GEMV_LOWRANK_SPLITS;
+    if (want > fit) want = fit;
+    if (want < 1) want = 1;
+    const int64_t kb = ((d->K + want - 1) / want + 31) / 32 * 32;
+    a->lr_kb = (int32_t)kb;
+    a->lr_blocks = (int32_t)((d->K + kb - 1) / kb);
+    return a->lr_blocks > free_slots ? a->lr_blocks - free_slots : 0;
 }
 
 sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
@@ -102,13 +149,11 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
             d->down_stride[1] < 0)
             return SDNQ_ERR_SIZE;
         if (umax >= d->up_numel || dmax >= d->down_numel) return SDNQ_ERR_RANGE;
-        const int64_t tn = sdnq_mul64(d->M, d->rank);
-        if (tn < 0) return SDNQ_ERR_OVERFLOW;
-        if (d->lowrank_numel < tn) return SDNQ_ERR_RANGE;
+        if (d->rank > LR_MAX_RANK) return SDNQ_ERR_UNSUPPORTED;
+            if (d->lowrank_numel < lr_split_floats(d->M, d->rank)) return SDNQ_ERR_RANGE; /* one block's */
         if (!aligned(d->up, (uintptr_t)sdnq_dtype_size(d->up_dtype)) ||
-            !aligned(d->down, (uintptr_t)sdnq_dtype_size(d->down_dtype)) || !aligned(d->lowrank, 4))
+            !aligned(d->down, (uintptr_t)sdnq_dtype_size(d->down_dtype)) || !aligned(d->lowrank, 16))
             return SDNQ_ERR_UNSUPPORTED;
-        if (d->rank > 65535 * (int64_t)LR_TRANKS) return SDNQ_ERR_UNSUPPORTED;
     }
 
     /* split-K: the items (row group, chunk) and the work buffer (gemv.cuh): the segments of one
@@ -178,6 +223,11 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
         a->up_dtype = d->up_dtype;
         a->us0 = d->up_stride[0];
         a->us1 = d->up_stride[1];
+        a->down = d->down;
+        a->down_dtype = d->down_dtype;
+        a->ds0 = d->down_stride[0];
+        a->ds1 = d->down_stride[1];
+        a->lr_layout = d->rank > 0 ? lowrank_layout(d) : LR_ANY;
     }
     return SDNQ_OK;
 }
@@ -190,7 +240,7 @@ bool int_decode(const sdnq_type_traits *t) {
 }
 
 /* kernel<<<grid, block, 0, s>>>(args...), as a programmatic dependent launch of the stream's
- * previous kernel when pdl (sm_90+: the SVD branch's chain low-rank -> reduction -> GEMV); a
+ * previous kernel when pdl (sm_90+: the finishing kernel behind the GEMV); a
  * launch the device refuses is made again as an ordinary one */
 template <class Kernel, class... Args>
 void launch_maybe_pdl(Kernel kernel, unsigned grid, unsigned block, cudaStream_t s, bool pdl, Args... args) {
@@ -217,11 +267,19 @@ void launch_maybe_pdl(Kernel kernel, unsigned grid, unsigned block, cudaStream_t
 
 template <int BITS, int NT, int DEC, bool FACT>
 void launch_gemv(const GemvArgs &a, int32_t xdt, int32_t sdt, unsigned grid, cudaStream_t s) {
-    const bool pdl = a.rank > 0 && device_cc_major() >= 9;
     with_arith_dtype(sdt, [&](auto S) {
         const auto kernel = xdt == SDNQ_DT_BF16 ? &gemv_kernel<BITS, SDNQ_DT_BF16, decltype(S)::value, NT, DEC, FACT>
                                                 : &gemv_kernel<BITS, SDNQ_DT_F16, decltype(S)::value, NT, DEC, FACT>;
-        launch_maybe_pdl(kernel, grid, GEMV_THREADS, s, pdl, a);
+        SDNQ_LAUNCH(kernel, grid, GEMV_THREADS, s, a);
+    });
+}
+
+/* gemv_lowrank_kernel for down's layout and the token tiles */
+template <int XDT> void launch_lowrank(const GemvArgs &a, bool two, bool pdl, cudaStream_t s) {
+    with_lowrank_layout(a.lr_layout, [&](auto L) {
+        constexpr int LAYOUT = decltype(L)::value;
+        const auto kernel = two ? &gemv_lowrank_kernel<XDT, 2, LAYOUT> : &gemv_lowrank_kernel<XDT, 1, LAYOUT>;
+        launch_maybe_pdl(kernel, (unsigned)a.lr_blocks, GEMV_THREADS, s, pdl, a);
     });
 }
 
@@ -276,67 +334,6 @@ bool factored(const sdnq_type_traits *t, const GemvArgs &a, int32_t xdt, int32_t
     return (a.gk == a.K || a.gk % GEMV_CHUNK == 0) && values_exact(t, xdt, sdt); /* tensor-wise: gk == K */
 }
 
-/* the low-rank kernel's layout: 1 = down rows contiguous along k, 2 = down contiguous along
- * the rank (sdnq's column-major factor), 0 = strided (2-byte loads) */
-int lowrank_layout(const sdnq_gemv_desc *d) {
-    if (d->down_dtype != d->x_dtype || !aligned(d->down, 16)) return 0;
-    if (d->down_stride[1] == 1 && d->down_stride[0] % 8 == 0 && d->K % 8 == 0) return 1;
-    if (d->down_stride[0] == 1 && d->down_stride[1] % 8 == 0 && d->rank % 8 == 0) return 2;
-    return 0;
-}
-
-/* k-range splits of the low-rank product: ranges of whole steps of the kernel (enough blocks
- * to read down at full speed), at most LR_SPLITS_MAX and what the scratch holds besides t */
-constexpr int LR_SPLITS_MAX = SDNQ_GEMV_LOWRANK_SPLITS;
-int lowrank_splits(const sdnq_gemv_desc *d, int layout, int64_t fit, int32_t *kc) {
-    const int64_t step = layout == 2 ? (int64_t)LR_TSTEP * 4 : LR_KSTEP; /* 4 loads per thread */
-    const int64_t steps = (d->K + step - 1) / step;
-    int64_t want = steps < LR_SPLITS_MAX ? steps : LR_SPLITS_MAX;
-    if (want > fit) want = fit;
-    if (want > 65535) want = 65535;
-    if (want < 1) want = 1;
-    const int64_t per = (steps + want - 1) / want; /* steps per split */
-    *kc = (int32_t)(per * step);
-    return (int)((steps + per - 1) / per);
-}
-
-sdnq_status launch_lowrank(const sdnq_gemv_desc *d, int layout, int splits, int32_t kc, float *out, cudaStream_t s) {
-    LowrankArgs l;
-    l.kc = kc;
-    l.x = d->x;
-    l.ldx = d->ldx;
-    l.M = (int32_t)d->M;
-    l.K = (int32_t)d->K;
-    l.rank = (int32_t)d->rank;
-    l.down = d->down;
-    l.down_dtype = d->down_dtype;
-    l.ds0 = d->down_stride[0];
-    l.ds1 = d->down_stride[1];
-    l.vec = layout == 1;
-    l.tvec = layout == 2;
-    l.t = out;
-    const unsigned groups = (unsigned)((d->M + LR_TOKENS - 1) / LR_TOKENS);
-    const bool bf = d->x_dtype == SDNQ_DT_BF16;
-    if (layout == 2) {
-        const dim3 grid((unsigned)((d->rank + LR_TRANKS - 1) / LR_TRANKS), (unsigned)splits, groups);
-        const auto kernel = bf ? &lowrank_t_kernel<SDNQ_DT_BF16> : &lowrank_t_kernel<SDNQ_DT_F16>;
-        SDNQ_LAUNCH(kernel, grid, LR_THREADS, s, l);
-    } else {
-        const dim3 grid((unsigned)d->rank, (unsigned)splits, groups);
-        const auto kernel = bf ? &lowrank_kernel<SDNQ_DT_BF16> : &lowrank_kernel<SDNQ_DT_F16>;
-        SDNQ_LAUNCH(kernel, grid, LR_THREADS, s, l);
-    }
-    return launch_status();
-}
-
-/* t = the splits' sum, as a programmatic dependent launch of the low-rank kernel (sm_90+) */
-sdnq_status launch_reduce(const float *part, float *t, int64_t pairs, int splits, cudaStream_t s) {
-    const unsigned grid = grid_for(pairs * LR_REDUCE_LANES, LR_REDUCE_THREADS);
-    launch_maybe_pdl(lowrank_reduce_kernel, grid, LR_REDUCE_THREADS, s, device_cc_major() >= 9, part, t,
-                     (int32_t)pairs, (int32_t)splits);
-    return launch_status();
-}
-
 }  // namespace
 
 extern "C" sdnq_status sdnq_cuda_gemv_supported(const sdnq_gemv_desc *d) { return prepare(d, NULL); }
@@ -351,20 +348,20 @@ extern "C" sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream) {
     sdnq_status st = prepare(d, &a);
     if (st != SDNQ_OK || d->N == 0) return st;
     cudaStream_t s = as_stream(stream);
-    if (d->rank > 0) { /* t = x @ down^T into lowrank[0, M*rank): split partial sums after it, then reduced */
-        int32_t kc;
-        const int layout = lowrank_layout(d);
-        const int64_t pairs = d->M * d->rank;
-        const int splits = lowrank_splits(d, layout, d->lowrank_numel / pairs - 1, &kc);
-        float *part = splits > 1 ? d->lowrank + pairs : d->lowrank;
-        if ((st = launch_lowrank(d, layout, splits, kc, part, s)) != SDNQ_OK) return st;
-        if (splits > 1 && (st = launch_reduce(part, d->lowrank, pairs, splits, s)) != SDNQ_OK) return st;
-    }
     /* split-K over persistent blocks (gemv.cuh): at most the two per multiprocessor that run at
-     * once and the segments the work buffer holds, equal ranges of items */
-    const int64_t fit = gemv_blocks_fit(d); /* >= 1: prepare() */
-    const int64_t blocks = fit < 2 * (int64_t)device_sms() ? fit : 2 * (int64_t)device_sms();
+     * once and the segments the work buffer holds, equal ranges of items; the SVD branch's
+     * low-rank blocks take the slots left free, the GEMV giving up some where too few are */
+    const int64_t slots = 2 * (int64_t)device_sms(), fit = gemv_blocks_fit(d); /* >= 1: prepare() */
+    int64_t blocks = slots < fit ? slots : fit;
     a.ipb = (int32_t)((a.items + blocks - 1) / blocks);
+    if (d->rank > 0) {
+        const int64_t give = lowrank_split(d, slots - (a.items + a.ipb - 1) / a.ipb, &a);
+        if (give > 0) {
+            blocks = slots - a.lr_blocks < blocks ? slots - a.lr_blocks : blocks;
+            if (blocks < 1) blocks = 1;
+            a.ipb = (int32_t)((a.items + blocks - 1) / blocks);
+        }
+    }
     const unsigned grid = (unsigned)((a.items + a.ipb - 1) / a.ipb);
     /* prepare() refused widths outside 2..8 */
     const bool fact = factored(&a.t, a, d->x_dtype, d->scale_dtype);
@@ -372,10 +369,15 @@ extern "C" sdnq_status sdnq_cuda_gemv(const sdnq_gemv_desc *d, void *stream) {
         launch_bits<decltype(B)::value>(a, d->x_dtype, d->scale_dtype, fact, grid, s);
     });
     if ((st = launch_status()) != SDNQ_OK) return st;
-    /* the tiles' sums, bias and SVD branch: a programmatic dependent of the GEMV (sm_90+) */
-    const bool two = a.M > 8, bf = d->x_dtype == SDNQ_DT_BF16;
+    const bool two = a.M > 8, bf = d->x_dtype == SDNQ_DT_BF16, pdl = device_cc_major() >= 9;
+    if (d->rank > 0) { /* t's partial sums: a programmatic dependent of the GEMV (sm_90+) */
+        if (bf) launch_lowrank<SDNQ_DT_BF16>(a, two, pdl, s);
+        else launch_lowrank<SDNQ_DT_F16>(a, two, pdl, s);
+        if ((st = launch_status()) != SDNQ_OK) return st;
+    }
+    /* the tiles' sums, bias and SVD branch: a programmatic dependent of the kernel before (sm_90+) */
     const auto fin = bf ? (two ? &gemv_finish_kernel<SDNQ_DT_BF16, 2> : &gemv_finish_kernel<SDNQ_DT_BF16, 1>)
                         : (two ? &gemv_finish_kernel<SDNQ_DT_F16, 2> : &gemv_finish_kernel<SDNQ_DT_F16, 1>);
-    launch_maybe_pdl(fin, grid_for(d->N, GEMV_ROWS, INT32_MAX), 32u * (two ? 2u : 1u), s, device_cc_major() >= 9, a);
+    launch_maybe_pdl(fin, grid_for(d->N, GEMV_ROWS, INT32_MAX), 32u * (two ? 2u : 1u), s, pdl, a);
     return launch_status();
 }

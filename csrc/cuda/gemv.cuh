@@ -59,16 +59,19 @@
  * and rounds y once. Invalid rows (n >= N), tokens (m >= M) and k's (past K)
  * contribute zeros: every lane runs every mma.sync, which is warp-collective.
  *
- * SVD branch. lowrank_kernel (lowrank_t_kernel for sdnq's column-major factor)
- * first computes t = x @ down^T in fp32 as partial sums over up to 128 k ranges
- * (blocks per rank group, k range and group of 4 tokens, so a rank of 32 still
- * fills the GPU), lowrank_reduce_kernel sums the ranges in order into t once,
- * and the finishing kernel adds t @ up^T per tile on the tensor cores (t
- * rounded to x's dtype, as sdnq's own path rounds it). The launcher runs the
- * four on the caller's stream, in that order; on sm_90+ each is a programmatic
- * dependent launch (PDL) of the one before: the GEMV streams its weight while
- * the low-rank kernels run and waits for them (griddepcontrol.wait) only as it
- * ends, so that its end implies theirs for the finishing kernel.
+ * SVD branch. gemv_lowrank_kernel computes t = x @ down^T on the tensor cores
+ * (A = down, 16 ranks per MMA; B = x^T, as the weight's MMAs) as partial sums over
+ * k ranges, one block each, written in the finishing kernel's B-fragment order.
+ * The launcher runs the GEMV, the low-rank kernel and the finishing kernel in that
+ * order; on sm_90+ each is a programmatic dependent launch (PDL) of the one
+ * before, and the GEMV's grid leaves the low-rank kernel's blocks free slots
+ * (2 per multiprocessor in all), so that the low-rank kernel runs beside the
+ * weight stream. It waits for the GEMV (griddepcontrol.wait) only as it ends,
+ * so that its end implies the GEMV's for the finishing kernel, which sums the
+ * partials in block order (deterministic), rounds t to x's dtype (as sdnq's own
+ * path rounds it) and adds t @ up^T per tile on the tensor cores. (Low-rank
+ * kernels launched before the GEMV, the GEMV a dependent of theirs, held
+ * register file that the GEMV's first wave needed: its last blocks started late.)
  *
  * Assumes (checked by the launcher, else the caller falls back to dequantize +
  * GEMM): 2 <= bits <= 8 (packed or 8-bit native), K % 32 == 0, quantization
@@ -96,11 +99,13 @@ template <int BITS, int NT> struct gemv_stages {
     static constexpr int value = BITS > 6 ? 2 : NT == 2 ? 3 : BITS <= 4 ? 4 : 3;
 };
 
-constexpr int LR_THREADS = 128;                  /* low-rank pre-kernel                  */
-constexpr int LR_TOKENS = 4;                     /* tokens per low-rank block            */
-constexpr int LR_KSTEP = 8 * LR_THREADS;         /* k's per block per step (one 16-byte load each) */
-constexpr int LR_TSTEP = LR_THREADS / 4;         /* rank-contiguous down: k's per block per step */
-constexpr int LR_TRANKS = 32;                    /* rank-contiguous down: ranks per block (4 x 8) */
+/* the low-rank blocks' partial sums of t: per block, token tile and 16 ranks, 4 floats per lane */
+constexpr int LR_FRAG = 4 * 32;
+/* how the low-rank blocks read down[j, k] (in x's dtype for 1 and 2): the pairs of an MMA's A
+ * fragment, k and k + 1 of one rank, are one 4-byte load (LR_KPAIRS: k-contiguous rows), or
+ * two of two ranks regrouped by byte permutes (LR_JPAIRS: rank-contiguous, sdnq's column-major
+ * factor), or four element loads (LR_ANY: other strides and dtypes) */
+enum LowrankLayout { LR_ANY = 0, LR_KPAIRS = 1, LR_JPAIRS = 2 };
 
 /* how a code becomes its value */
 enum GemvDecode { DEC_LUT = 0, DEC_INT = 1 };
@@ -128,26 +133,18 @@ struct GemvArgs {
      * sums in work (segment b + gi: GEMV_WARPS * NT * GEMV_FRAG floats each) */
     int32_t nch, ipb, items;
     float *work;
-    /* SVD epilogue: y[m, n] += sum_j lowrank[m*rank + j] * up[n*us0 + j*us1] */
+    /* SVD branch: y[m, n] += sum_j t[m, j] * up[n*us0 + j*us1], t[m, j] = sum_k x[m, k] *
+     * down[j*ds0 + k*ds1]; gemv_lowrank_kernel's lr_blocks blocks write t's partial sums over k
+     * ranges of lr_kb into lowrank */
     int32_t rank;
-    const float *lowrank;
+    float *lowrank;
     const void *up;
     int32_t up_dtype;
     int64_t us0, us1;
-};
-
-struct LowrankArgs {
-    const void *x;
-    int64_t ldx;
-    int32_t M, K, rank;
-    int32_t kc; /* k's per split (blockIdx.y): a multiple of LR_KSTEP */
     const void *down;
-    int32_t down_dtype;
+    int32_t down_dtype, lr_layout;
     int64_t ds0, ds1;
-    int32_t vec;    /* down rows contiguous along k, 16-byte aligned, in x's dtype          */
-    int32_t tvec;   /* down contiguous along the rank (sdnq's column-major factor), 16-byte
-                       aligned, rank % 8 == 0, in x's dtype: lowrank_t_kernel            */
-    float *t;    /* [splits, M, rank]: partial sums over each split's k range (t itself when one) */
+    int32_t lr_blocks, lr_kb;
 };
 
 /* the pair (1, 1) in XDT: the all-ones A operand of the zero point's sum(x), and the base of
@@ -504,27 +501,36 @@ template <int XDT> __device__ __forceinline__ void svd_up_frag(const GemvArgs &a
     }
 }
 
-template <int XDT> __device__ __forceinline__ void svd_t_frag(const GemvArgs &a, int nt, int j0, int g, int t,
-                                                              uint32_t (&b)[2]) {
-    const int m = nt * 8 + g; /* B column g: token m */
-#pragma unroll
-    for (int i = 0; i < 2; i++) { /* b0: ranks 2t, 2t+1; b1: ranks 2t+8, 2t+9 */
-        const int j = j0 + 2 * t + i * 8;
-        const float *tp = a.lowrank + (int64_t)m * a.rank + j;
-        const bool mv = m < a.M;
-        b[i] = pack_pair<XDT>(mv && j < a.rank ? __ldg(tp) : 0.0f, mv && j + 1 < a.rank ? __ldg(tp + 1) : 0.0f);
+/* t's B fragment for token tile nt and ranks 16 s .. 16 s + 15 (b0: ranks 2t, 2t+1; b1: ranks
+ * 2t+8, 2t+9; token g): the low-rank blocks' partial sums added in block order, then rounded to
+ * x's dtype (as sdnq's own path rounds t) */
+template <int XDT, int NT>
+__device__ __forceinline__ void svd_t_frag(const GemvArgs &a, int nt, int s, int lane, uint32_t (&b)[2]) {
+    const int64_t rs = (a.rank + 15) / 16;
+    const float4 *p = (const float4 *)a.lowrank + (nt * rs + s) * 32 + lane;
+    const int64_t split = NT * rs * 32; /* float4s from one block's partial sums to the next */
+    float4 v = __ldg(p);
+#pragma unroll 4
+    for (int i = 1; i < a.lr_blocks; i++) {
+        const float4 w = __ldg(p + i * split);
+        v.x = __fadd_rn(v.x, w.x);
+        v.y = __fadd_rn(v.y, w.y);
+        v.z = __fadd_rn(v.z, w.z);
+        v.w = __fadd_rn(v.w, w.w);
     }
+    b[0] = pack_pair<XDT>(v.x, v.y);
+    b[1] = pack_pair<XDT>(v.z, v.w);
 }
 
 /* ranks whose up fragments the finishing kernel holds in registers, loaded before it waits */
 constexpr int SVD_REG_RANKS = 32;
 
-template <int XDT>
+template <int XDT, int NT>
 __device__ __forceinline__ void svd_tile(const GemvArgs &a, int n0, int nt, int g, int t, float (&c)[4]) {
-    for (int j0 = 0; j0 < a.rank; j0 += 16) {
+    for (int s = 0; 16 * s < a.rank; s++) {
         uint32_t r[4], b[2];
-        svd_up_frag<XDT>(a, n0, j0, g, t, r);
-        svd_t_frag<XDT>(a, nt, j0, g, t, b);
+        svd_up_frag<XDT>(a, n0, 16 * s, g, t, r);
+        svd_t_frag<XDT, NT>(a, nt, s, 4 * g + t, b);
         mma16816<XDT>(c, r[0], r[1], r[2], r[3], b[0], b[1]);
     }
 }
@@ -533,6 +539,110 @@ __device__ __forceinline__ void svd_tile(const GemvArgs &a, int n0, int nt, int 
  * lane by lane; token tile nt follows at + nt * GEMV_FRAG, accumulator q at + q * 32 */
 template <int NT> __device__ __forceinline__ float *gemv_segment(const GemvArgs &a, int b, int gi, int w, int lane) {
     return a.work + (((int64_t)b + gi) * GEMV_WARPS + w) * NT * GEMV_FRAG + lane;
+}
+
+/* the A fragment of down for ranks j, j + 1 (rows g and g + 8 of the MMA) and the k's kp, kp + 1
+ * (a0, a1) and kp + 8, kp + 9 (a2, a3); ranks past the rank, and every rank when !kv, are zeros */
+template <int XDT, int LAYOUT>
+__device__ __forceinline__ void lowrank_a_frag(const GemvArgs &a, int j, int kp, bool kv, uint32_t (&r)[4]) {
+    const uint16_t *d = (const uint16_t *)a.down;
+    const bool v0 = kv && j < a.rank, v1 = kv && j + 1 < a.rank;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int k = kp + 8 * h;
+        if constexpr (LAYOUT == LR_KPAIRS) { /* down[j, k], down[j, k + 1]: one 4-byte load */
+            r[2 * h] = v0 ? __ldg((const unsigned int *)(d + j * a.ds0 + k)) : 0u;
+            r[2 * h + 1] = v1 ? __ldg((const unsigned int *)(d + (j + 1) * a.ds0 + k)) : 0u;
+        } else if constexpr (LAYOUT == LR_JPAIRS) { /* ranks j, j + 1 of k and of k + 1 (rank even) */
+            const uint32_t u = v0 ? __ldg((const unsigned int *)(d + k * a.ds1 + j)) : 0u;
+            const uint32_t w = v0 ? __ldg((const unsigned int *)(d + (k + 1) * a.ds1 + j)) : 0u;
+            r[2 * h] = __byte_perm(u, w, 0x5410);
+            r[2 * h + 1] = __byte_perm(u, w, 0x7632);
+        } else {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int64_t jj = j + e;
+                const bool ok = e == 0 ? v0 : v1;
+                r[2 * h + e] =
+                    pack_pair<XDT>(ok ? sdnq_load_float(a.down, jj * a.ds0 + (int64_t)k * a.ds1, a.down_dtype) : 0.0f,
+                                   ok ? sdnq_load_float(a.down, jj * a.ds0 + (int64_t)(k + 1) * a.ds1, a.down_dtype) : 0.0f);
+            }
+        }
+    }
+}
+
+/* The SVD branch's t = x @ down^T, block b taking k in [b * lr_kb, (b + 1) * lr_kb): on the
+ * tensor cores, A = down (rows g and g + 8 of an MMA are ranks 2g and 2g + 1 of its 16), B = x^T
+ * as in the weight's MMAs. Per group of LR_RSTEPS x 16 ranks each warp takes the range's 16-k
+ * steps in turn, the loads of LR_UNROLL steps (x and every rank of the group) issued before
+ * their MMAs; the warps' results meet in shared memory and are summed in warp order (fp32,
+ * deterministic) into lowrank in svd_t_frag's order, [block][token tile][16 ranks][lane][4].
+ * A programmatic dependent of the GEMV on sm_90+, run beside it in the block slots its grid
+ * leaves free; it waits for the GEMV only as it ends, so that its end implies the GEMV's for
+ * the finishing kernel (its own dependent). */
+constexpr int LR_RSTEPS = 2, LR_UNROLL = 4;
+template <int XDT, int NT, int LAYOUT> __global__ void __launch_bounds__(GEMV_THREADS) gemv_lowrank_kernel(const GemvArgs a) {
+    __shared__ float red[GEMV_WARPS * NT * LR_FRAG]; /* [warp][token tile][token][16 ranks] */
+    grid_dependency_trigger();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, b = blockIdx.x;
+    const int kbeg = b * a.lr_kb, kend = a.K - kbeg < a.lr_kb ? a.K : kbeg + a.lr_kb;
+    const int rs = (a.rank + 15) / 16;
+    constexpr int KSTEP = 16 * GEMV_WARPS; /* k's from one of a warp's steps to its next */
+    const uint16_t *xr[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) xr[nt] = nt * 8 + g < a.M ? (const uint16_t *)a.x + (nt * 8 + g) * a.ldx : NULL;
+    for (int s0 = 0; s0 < rs; s0 += LR_RSTEPS) {
+        float c[LR_RSTEPS][NT][4] = {};
+        for (int k0 = kbeg + 16 * warp; k0 < kend; k0 += KSTEP * LR_UNROLL) {
+            uint32_t xf[LR_UNROLL][NT][2], af[LR_UNROLL][LR_RSTEPS][4];
+#pragma unroll
+            for (int u = 0; u < LR_UNROLL; u++) {
+                const int k = k0 + KSTEP * u + 2 * t;
+                const bool kv = k0 + KSTEP * u < kend;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    const bool ok = kv && xr[nt] != NULL;
+                    xf[u][nt][0] = ok ? __ldg((const unsigned int *)(xr[nt] + k)) : 0u;
+                    xf[u][nt][1] = ok ? __ldg((const unsigned int *)(xr[nt] + k + 8)) : 0u;
+                }
+#pragma unroll
+                for (int r = 0; r < LR_RSTEPS; r++) lowrank_a_frag<XDT, LAYOUT>(a, 16 * (s0 + r) + 2 * g, k, kv, af[u][r]);
+            }
+#pragma unroll
+            for (int u = 0; u < LR_UNROLL; u++)
+#pragma unroll
+                for (int r = 0; r < LR_RSTEPS; r++)
+#pragma unroll
+                    for (int nt = 0; nt < NT; nt++)
+                        mma16816<XDT>(c[r][nt], af[u][r][0], af[u][r][1], af[u][r][2], af[u][r][3], xf[u][nt][0],
+                                      xf[u][nt][1]);
+        }
+#pragma unroll
+        for (int r = 0; r < LR_RSTEPS; r++) {
+            if (s0 + r >= rs) break; /* block-uniform */
+            /* C[row][token]: c0 (g, 2t), c1 (g, 2t+1), c2 (g+8, 2t), c3 (g+8, 2t+1); row g is rank
+             * 2g of the 16, row g + 8 rank 2g + 1 */
+            __syncthreads(); /* the previous 16 ranks' sums are read */
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) {
+                float *p = red + (warp * NT + nt) * LR_FRAG;
+                p[2 * t * 16 + 2 * g] = c[r][nt][0];
+                p[(2 * t + 1) * 16 + 2 * g] = c[r][nt][1];
+                p[2 * t * 16 + 2 * g + 1] = c[r][nt][2];
+                p[(2 * t + 1) * 16 + 2 * g + 1] = c[r][nt][3];
+            }
+            __syncthreads();
+            if (threadIdx.x < NT * LR_FRAG) { /* output (token tile nt, lane l, e) of svd_t_frag's order */
+                const int nt = threadIdx.x / LR_FRAG, l = threadIdx.x / 4 % 32, e = threadIdx.x % 4;
+                const int tok = l / 4, rank = 2 * (l % 4) + (e & 1) + (e >> 1) * 8;
+                float v = 0.0f;
+#pragma unroll
+                for (int w = 0; w < GEMV_WARPS; w++) v = __fadd_rn(v, red[(w * NT + nt) * LR_FRAG + tok * 16 + rank]);
+                a.lowrank[(((int64_t)b * NT + nt) * rs + s0 + r) * LR_FRAG + threadIdx.x % LR_FRAG] = v;
+            }
+        }
+    }
+    grid_dependency_wait(); /* the GEMV's end before this grid's: the finishing kernel waits for this one */
 }
 
 /* Split-K over persistent blocks (stream-K): the work is the sequence of items (row group gi of
@@ -551,7 +661,9 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
         gemv_build_lut<BITS, COPIES>(lut_all, a.t, SDT);
         __syncthreads();
     }
-    grid_dependency_trigger(); /* the finishing kernel may launch; it waits for this grid's end */
+    /* the low-rank kernel (SVD branch) or the finishing kernel may launch: the first runs in the
+     * block slots this grid leaves free, the second waits for the grids before it to end */
+    grid_dependency_trigger();
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const float *lut = lut_all + (COPIES > 1 ? lane : 0); /* this lane's copy */
@@ -626,9 +738,6 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
             }
         }
     }
-    /* this grid ends after the low-rank kernels it was launched behind (the finishing kernel,
-     * its programmatic dependent, waits for this grid only) */
-    if (a.rank > 0) grid_dependency_wait();
 }
 
 /* asks L1 for the tile's up rows (the SVD branch's operand, ready before the kernels this one
@@ -674,7 +783,7 @@ template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT) gemv_finis
     if (up_regs) { /* t (the low-rank kernels' result): its loads in flight with the segments' */
 #pragma unroll
         for (int s = 0; s < RS; s++)
-            if (16 * s < a.rank) svd_t_frag<XDT>(a, nt, 16 * s, g, t, tb[s]);
+            if (16 * s < a.rank) svd_t_frag<XDT, NT>(a, nt, s, lane, tb[s]);
     }
     /* the segments b0..b1, FIN_UNROLL loads in flight per accumulator, summed in block order */
     constexpr int FIN_UNROLL = 4;
@@ -698,7 +807,7 @@ template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT) gemv_finis
         for (int s = 0; s < RS; s++)
             if (16 * s < a.rank) mma16816<XDT>(lr, up[s][0], up[s][1], up[s][2], up[s][3], tb[s][0], tb[s][1]);
     } else {
-        svd_tile<XDT>(a, n0, nt, g, t, lr);
+        svd_tile<XDT, NT>(a, n0, nt, g, t, lr);
     }
 #pragma unroll
     for (int q = 0; q < 4; q++) {
@@ -710,130 +819,6 @@ template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT) gemv_finis
             if (a.bias != NULL) v = __fadd_rn(v, bias[q]);
             if (a.rank > 0) v = __fadd_rn(v, lr[q]);
             ((uint16_t *)a.y)[(int64_t)m * a.ldy + n] = (uint16_t)bits16<XDT>(v);
-        }
-    }
-}
-
-/* t[m, j] = the sum over s of part[s, m, j]: the low-rank kernels' partial sums, reduced once
- * for all GEMV blocks. 8 lanes per (m, j) pair, lane p summing the splits p, p + 8, ... in
- * order, then a fixed shuffle tree (deterministic). Launched as a programmatic dependent of
- * the low-rank kernel, with the GEMV as its own dependent: it lets the GEMV start at once and
- * waits for the partial sums itself. */
-constexpr int LR_REDUCE_THREADS = 256, LR_REDUCE_LANES = 8;
-__global__ void __launch_bounds__(LR_REDUCE_THREADS) lowrank_reduce_kernel(const float *part, float *t, int32_t pairs,
-                                                                           int32_t splits) {
-    grid_dependency_trigger();
-    grid_dependency_wait();
-    const int64_t i = (int64_t)blockIdx.x * LR_REDUCE_THREADS + threadIdx.x;
-    const int64_t e = i / LR_REDUCE_LANES;
-    const int p = (int)(i % LR_REDUCE_LANES);
-    float v = 0.0f;
-    if (e < pairs)
-        for (int sp = p; sp < splits; sp += LR_REDUCE_LANES) v = __fadd_rn(v, __ldg(part + (int64_t)sp * pairs + e));
-#pragma unroll
-    for (int off = LR_REDUCE_LANES / 2; off > 0; off /= 2) v = __fadd_rn(v, __shfl_xor_sync(0xFFFFFFFFu, v, off));
-    if (p == 0 && e < pairs) t[e] = v;
-}
-
-/* t[s, m, j] = sum over split s's k's of x[m, k] * down[j, k], fp32: block (j, split s, group of
- * LR_TOKENS tokens); lowrank_reduce_kernel sums the splits in order */
-template <int XDT> __global__ void __launch_bounds__(LR_THREADS) lowrank_kernel(const LowrankArgs a) {
-    __shared__ float red[LR_THREADS / 32][LR_TOKENS];
-    grid_dependency_trigger(); /* the GEMV may start streaming its weight now */
-    const int j = blockIdx.x, sp = blockIdx.y, m0 = blockIdx.z * LR_TOKENS;
-    const int tid = threadIdx.x;
-    const int kbeg = sp * a.kc, kend = a.K - kbeg < a.kc ? a.K : kbeg + a.kc;
-    float acc[LR_TOKENS] = {};
-    const uint16_t *x = (const uint16_t *)a.x;
-    if (a.vec) { /* 8 k's per step: one 16-byte load of down and of each token's x */
-        const uint16_t *d = (const uint16_t *)a.down + (int64_t)j * a.ds0;
-        for (int k = kbeg + tid * 8; k < kend; k += LR_KSTEP) {
-            const uint4 dv = __ldg((const uint4 *)(d + k));
-            const uint32_t dw[4] = {dv.x, dv.y, dv.z, dv.w};
-#pragma unroll
-            for (int mm = 0; mm < LR_TOKENS; mm++) {
-                if (m0 + mm >= a.M) break;
-                const uint4 xv = __ldg((const uint4 *)(x + (int64_t)(m0 + mm) * a.ldx + k));
-                const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    acc[mm] = __fmaf_rn(unpack1<XDT>(xw[i] & 0xFFFFu), unpack1<XDT>(dw[i] & 0xFFFFu), acc[mm]);
-                    acc[mm] = __fmaf_rn(unpack1<XDT>(xw[i] >> 16), unpack1<XDT>(dw[i] >> 16), acc[mm]);
-                }
-            }
-        }
-    } else {
-        for (int k = kbeg + tid; k < kend; k += LR_THREADS) {
-            const float dv = sdnq_load_float(a.down, (int64_t)j * a.ds0 + (int64_t)k * a.ds1, a.down_dtype);
-#pragma unroll
-            for (int mm = 0; mm < LR_TOKENS; mm++) {
-                if (m0 + mm >= a.M) break;
-                acc[mm] = __fmaf_rn(unpack1<XDT>(__ldg(x + (int64_t)(m0 + mm) * a.ldx + k)), dv, acc[mm]);
-            }
-        }
-    }
-#pragma unroll
-    for (int mm = 0; mm < LR_TOKENS; mm++) {
-        float v = acc[mm];
-#pragma unroll
-        for (int off = 16; off > 0; off /= 2) v = __fadd_rn(v, __shfl_xor_sync(0xFFFFFFFFu, v, off));
-        if (tid % 32 == 0) red[tid / 32][mm] = v;
-    }
-    __syncthreads();
-    if (tid < LR_TOKENS && m0 + tid < a.M) {
-        float s = 0.0f;
-        for (int w = 0; w < LR_THREADS / 32; w++) s = __fadd_rn(s, red[w][tid]);
-        a.t[((int64_t)sp * a.M + m0 + tid) * a.rank + j] = s;
-    }
-}
-
-/* the same for down stored rank-contiguous (down[j, k] at j + k*ds1, sdnq's column-major
- * factor): block (group of 32 ranks, split s, group of LR_TOKENS tokens); thread (k lane kk,
- * rank chunk c) reads the 8 ranks 8c..8c+7 of row k with one 16-byte load and accumulates them
- * for its tokens; lanes of the same chunk are reduced with shuffles, warps in order */
-template <int XDT> __global__ void __launch_bounds__(LR_THREADS) lowrank_t_kernel(const LowrankArgs a) {
-    __shared__ float red[LR_THREADS / 32][4][LR_TOKENS][8];
-    grid_dependency_trigger();
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, c = tid % 4, kk = tid / 4;
-    const int sp = blockIdx.y, m0 = blockIdx.z * LR_TOKENS;
-    const int j0 = blockIdx.x * LR_TRANKS + c * 8;
-    const bool jv = j0 < a.rank;
-    const int kbeg = sp * a.kc, kend = a.K - kbeg < a.kc ? a.K : kbeg + a.kc;
-    float acc[LR_TOKENS][8] = {};
-    const uint16_t *x = (const uint16_t *)a.x, *d = (const uint16_t *)a.down;
-#pragma unroll 4
-    for (int k = kbeg + kk; k < kend; k += LR_TSTEP) {
-        uint4 dv = make_uint4(0, 0, 0, 0);
-        if (jv) dv = __ldg((const uint4 *)(d + (int64_t)k * a.ds1 + j0));
-        const uint32_t dw[4] = {dv.x, dv.y, dv.z, dv.w};
-#pragma unroll
-        for (int mm = 0; mm < LR_TOKENS; mm++) {
-            if (m0 + mm >= a.M) break;
-            const float xv = unpack1<XDT>(__ldg(x + (int64_t)(m0 + mm) * a.ldx + k));
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                acc[mm][2 * i] = __fmaf_rn(xv, unpack1<XDT>(dw[i] & 0xFFFFu), acc[mm][2 * i]);
-                acc[mm][2 * i + 1] = __fmaf_rn(xv, unpack1<XDT>(dw[i] >> 16), acc[mm][2 * i + 1]);
-            }
-        }
-    }
-#pragma unroll
-    for (int mm = 0; mm < LR_TOKENS; mm++)
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            float v = acc[mm][i];
-            v = __fadd_rn(v, __shfl_xor_sync(0xFFFFFFFFu, v, 4));
-            v = __fadd_rn(v, __shfl_xor_sync(0xFFFFFFFFu, v, 8));
-            v = __fadd_rn(v, __shfl_xor_sync(0xFFFFFFFFu, v, 16));
-            if (lane < 4) red[warp][lane][mm][i] = v;
-        }
-    __syncthreads();
-    for (int e = tid; e < 4 * LR_TOKENS * 8; e += LR_THREADS) { /* output e: (chunk, token, rank) */
-        const int cc = e / (LR_TOKENS * 8), mm = (e / 8) % LR_TOKENS, i = e % 8, j = blockIdx.x * LR_TRANKS + cc * 8 + i;
-        if (m0 + mm < a.M && j < a.rank) {
-            float sum = 0.0f;
-            for (int w = 0; w < LR_THREADS / 32; w++) sum = __fadd_rn(sum, red[w][cc][mm][i]);
-            a.t[((int64_t)sp * a.M + m0 + mm) * a.rank + j] = sum;
         }
     }
 }

@@ -29,6 +29,7 @@
  *              stream) -> int                  # 0: launched; else the refusal's status (nothing ran)
  *     def gemv_supported(<the same arguments>) -> int   # 0 (OK) or the status gemv would return
  *     def gemv_work_floats(M, N) -> int        # gemv's work_numel for its full grid on this device
+ *     def gemv_lowrank_floats(M, rank) -> int  # gemv's lowrank_numel for its best split of the SVD branch
  *     def quantize_rows(x, x_dtype, rows, cols, ldx, x_numel, q, q_dtype, q_numel,
  *                       scale, scale_numel, stream) -> None
  *     def scale_epilogue(M, N, acc, acc_dtype, acc_numel, a_scale, a_scale_numel, b_scale,
@@ -203,6 +204,17 @@ static PyObject *gemv_work_floats(PyObject *module, PyObject *const *args, Py_ss
     return PyLong_FromLongLong((long long)n);
 }
 
+PyDoc_STRVAR(gemv_lowrank_floats_doc, "gemv_lowrank_floats(M, rank) -> the lowrank_numel that gives gemv's SVD "
+                                      "branch its best split");
+
+static PyObject *gemv_lowrank_floats(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[2];
+    if (parse_i64("gemv_lowrank_floats", args, nargs, 2, a) < 0) return NULL;
+    if (a[0] < 1 || a[0] > SDNQ_GEMV_MAX_M || a[1] < 0 || a[1] > INT32_MAX)
+        return raise_status(module, "gemv_lowrank_floats", SDNQ_ERR_SIZE);
+    return PyLong_FromLongLong((long long)SDNQ_GEMV_LOWRANK_FLOATS(a[0], a[1], SDNQ_GEMV_LOWRANK_SPLITS));
+}
+
 PyDoc_STRVAR(quantize_rows_doc, "quantize_rows(x, x_dtype, rows, cols, ldx, x_numel, q, q_dtype, q_numel, scale, "
                                 "scale_numel, stream)");
 
@@ -290,6 +302,8 @@ static PyMethodDef module_methods[] = {
     {"gemv",           (PyCFunction)(void (*)(void))gemv,           METH_FASTCALL, gemv_doc},
     {"gemv_supported", (PyCFunction)(void (*)(void))gemv_supported, METH_FASTCALL, gemv_supported_doc},
     {"gemv_work_floats", (PyCFunction)(void (*)(void))gemv_work_floats, METH_FASTCALL, gemv_work_floats_doc},
+    {"gemv_lowrank_floats", (PyCFunction)(void (*)(void))gemv_lowrank_floats, METH_FASTCALL,
+     gemv_lowrank_floats_doc},
     {"quantize_rows",  (PyCFunction)(void (*)(void))quantize_rows,  METH_FASTCALL, quantize_rows_doc},
     {"scale_epilogue", (PyCFunction)(void (*)(void))scale_epilogue, METH_FASTCALL, scale_epilogue_doc},
     {"lt_matmul",      (PyCFunction)(void (*)(void))lt_matmul,      METH_FASTCALL, lt_matmul_doc},

@@ -81,9 +81,10 @@ typedef struct sdnq_gemv_desc {
     /* optional SVD branch (rank > 0): y += (x @ down^T) @ up^T in fp32 before the
      * rounding. up[n, j] at n*up_stride[0] + j*up_stride[1], down[j, k] at
      * j*down_stride[0] + k*down_stride[1] (F32, BF16 or F16); lowrank is a caller
-     * scratch of at least M*rank floats: x @ down^T in its first M*rank, and after
-     * them partial sums over up to lowrank_numel / (M*rank) - 1 k ranges (give it
-     * SDNQ_GEMV_LOWRANK_SPLITS * M * rank floats for the best split). */
+     * scratch (16-byte aligned) for the partial sums of x @ down^T over k ranges:
+     * at least SDNQ_GEMV_LOWRANK_FLOATS(M, rank, 1) floats, up to
+     * SDNQ_GEMV_LOWRANK_FLOATS(M, rank, SDNQ_GEMV_LOWRANK_SPLITS) for the best split
+     * (it uses as many ranges as fit). */
     int64_t rank;
     const void *up;
     int32_t up_dtype;
@@ -102,7 +103,10 @@ typedef struct sdnq_gemv_desc {
 } sdnq_gemv_desc;
 
 #define SDNQ_GEMV_MAX_M 16
-#define SDNQ_GEMV_LOWRANK_SPLITS 128
+#define SDNQ_GEMV_LOWRANK_SPLITS 16
+/* splits x (1 or 2 token tiles) x (16-rank steps) fragments of 128 floats */
+#define SDNQ_GEMV_LOWRANK_FLOATS(M, rank, splits) \
+    ((int64_t)(splits) * ((M) > 8 ? 2 : 1) * (((int64_t)(rank) + 15) / 16) * 128)
 /* (blocks + row groups of 128 rows) segments of 128 rows x (8 or 16) tokens */
 #define SDNQ_GEMV_WORK_FLOATS(M, N, blocks) \
     (((int64_t)(blocks) + ((int64_t)(N) + 127) / 128) * 128 * ((M) > 8 ? 16 : 8))
