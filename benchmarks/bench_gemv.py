@@ -23,6 +23,18 @@ from bench_gpu import SHAPES, Timer, graph_time_ms  # noqa: E402  (puts the repo
 from comfy_sdnq import dtypes, kernels  # noqa: E402
 
 
+def uint4_layer(N: int, K: int, gen: torch.Generator, dev) -> tuple:
+    """random uint4 codes in groups of 128 with bf16 scales and zero points, and SVD factors of
+    rank 32 stored as sdnq stores them (column-major): (view, raw, scale, zp, up, down)"""
+    view = (N * K // 128, 128, 1)
+    raw = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8, device=dev)
+    scale = (torch.randn(view[0], 1, 1, generator=gen) * 0.002).to(torch.bfloat16).to(dev)
+    zp = (torch.randn(view[0], 1, 1, generator=gen) * 0.01).to(torch.bfloat16).to(dev)
+    up = (torch.randn(32, N, generator=gen) * 0.05).to(torch.bfloat16).to(dev).t()
+    down = (torch.randn(K, 32, generator=gen) * 0.05).to(torch.bfloat16).to(dev).t()
+    return view, raw, scale, zp, up, down
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", default="", help="a name for this build in the output")
@@ -41,12 +53,7 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(0)
     rows = []
     for N, K in SHAPES:
-        view = (N * K // 128, 128, 1)
-        raw = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8, device=dev)
-        scale = (torch.randn(view[0], 1, 1, generator=gen) * 0.002).to(torch.bfloat16).to(dev)
-        zp = (torch.randn(view[0], 1, 1, generator=gen) * 0.01).to(torch.bfloat16).to(dev)
-        up = (torch.randn(32, N, generator=gen) * 0.05).to(torch.bfloat16).to(dev).t()  # sdnq's storage
-        down = (torch.randn(K, 32, generator=gen) * 0.05).to(torch.bfloat16).to(dev).t()
+        view, raw, scale, zp, up, down = uint4_layer(N, K, gen, dev)
         w = torch.randn(N, K, dtype=torch.bfloat16, device=dev)
         for M in (1, 16):
             x = torch.randn(M, K, dtype=torch.bfloat16, device=dev)

@@ -21,7 +21,9 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_gemv import uint4_layer  # noqa: E402  (puts the repository on sys.path)
+
 from comfy_sdnq import dtypes, kernels  # noqa: E402
 
 SHAPES = [(3072, 3072), (3072, 12288), (12288, 3072)]  # (N, K)
@@ -77,12 +79,7 @@ def main(argv=None) -> int:
     flush = torch.ones(256 << 20, dtype=torch.uint8, device=dev)
     lines = []
     for N, K in SHAPES:
-        view = (N * K // 128, 128, 1)
-        raw = torch.randint(0, 256, (N * K // 2,), dtype=torch.uint8, device=dev)
-        scale = (torch.randn(view[0], 1, 1, generator=gen) * 0.002).to(torch.bfloat16).to(dev)
-        zp = (torch.randn(view[0], 1, 1, generator=gen) * 0.01).to(torch.bfloat16).to(dev)
-        up = (torch.randn(32, N, generator=gen) * 0.05).to(torch.bfloat16).to(dev).t()  # sdnq's storage
-        down = (torch.randn(K, 32, generator=gen) * 0.05).to(torch.bfloat16).to(dev).t()
+        view, raw, scale, zp, up, down = uint4_layer(N, K, gen, dev)
         for M in (1, 16):
             x = torch.randn(M, K, dtype=torch.bfloat16, device=dev)
             for svd in (False, True):
