@@ -140,7 +140,7 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
     if (!fits2d(d->M, d->K, d->ldx, d->x_numel) || !fits2d(d->M, d->N, d->ldy, d->y_numel)) return SDNQ_ERR_RANGE;
     if (d->bias != NULL && d->bias_numel < d->N) return SDNQ_ERR_RANGE;
     if (d->rank < 0 || d->rank > INT32_MAX) return SDNQ_ERR_SIZE;
-    if (d->rank > 0) { /* the SVD branch: up [N, rank], down [rank, K] through strides, scratch [M, rank] */
+    if (d->rank > 0) { /* the SVD branch: up [N, rank], down [rank, K] through strides, low-rank scratch */
         if (d->up == NULL || d->down == NULL || d->lowrank == NULL) return SDNQ_ERR_NULL;
         if (!sdnq_is_arith_dtype(d->up_dtype) || !sdnq_is_arith_dtype(d->down_dtype)) return SDNQ_ERR_DTYPE;
         const int64_t umax = sdnq_max_index3(d->N, d->up_stride[0], d->rank, d->up_stride[1], 1, 0);
@@ -150,7 +150,7 @@ sdnq_status prepare(const sdnq_gemv_desc *d, GemvArgs *a) {
             return SDNQ_ERR_SIZE;
         if (umax >= d->up_numel || dmax >= d->down_numel) return SDNQ_ERR_RANGE;
         if (d->rank > LR_MAX_RANK) return SDNQ_ERR_UNSUPPORTED;
-            if (d->lowrank_numel < lr_split_floats(d->M, d->rank)) return SDNQ_ERR_RANGE; /* one block's */
+        if (d->lowrank_numel < lr_split_floats(d->M, d->rank)) return SDNQ_ERR_RANGE; /* one block's */
         if (!aligned(d->up, (uintptr_t)sdnq_dtype_size(d->up_dtype)) ||
             !aligned(d->down, (uintptr_t)sdnq_dtype_size(d->down_dtype)) || !aligned(d->lowrank, 16))
             return SDNQ_ERR_UNSUPPORTED;
@@ -240,8 +240,8 @@ bool int_decode(const sdnq_type_traits *t) {
 }
 
 /* kernel<<<grid, block, 0, s>>>(args...), as a programmatic dependent launch of the stream's
- * previous kernel when pdl (sm_90+: the finishing kernel behind the GEMV); a
- * launch the device refuses is made again as an ordinary one */
+ * previous kernel when pdl (sm_90+: the low-rank kernel behind the GEMV, the finishing kernel
+ * behind either); a launch the device refuses is made again as an ordinary one */
 template <class Kernel, class... Args>
 void launch_maybe_pdl(Kernel kernel, unsigned grid, unsigned block, cudaStream_t s, bool pdl, Args... args) {
 #ifndef SDNQ_CUDA_EMU

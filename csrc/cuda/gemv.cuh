@@ -561,11 +561,10 @@ __device__ __forceinline__ void lowrank_a_frag(const GemvArgs &a, int j, int kp,
         } else {
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                const int64_t jj = j + e;
+                const int64_t at = (int64_t)(j + e) * a.ds0 + (int64_t)k * a.ds1;
                 const bool ok = e == 0 ? v0 : v1;
-                r[2 * h + e] =
-                    pack_pair<XDT>(ok ? sdnq_load_float(a.down, jj * a.ds0 + (int64_t)k * a.ds1, a.down_dtype) : 0.0f,
-                                   ok ? sdnq_load_float(a.down, jj * a.ds0 + (int64_t)(k + 1) * a.ds1, a.down_dtype) : 0.0f);
+                r[2 * h + e] = pack_pair<XDT>(ok ? sdnq_load_float(a.down, at, a.down_dtype) : 0.0f,
+                                              ok ? sdnq_load_float(a.down, at + a.ds1, a.down_dtype) : 0.0f);
             }
         }
     }
@@ -581,7 +580,8 @@ __device__ __forceinline__ void lowrank_a_frag(const GemvArgs &a, int j, int kp,
  * leaves free; it waits for the GEMV only as it ends, so that its end implies the GEMV's for
  * the finishing kernel (its own dependent). */
 constexpr int LR_RSTEPS = 2, LR_UNROLL = 4;
-template <int XDT, int NT, int LAYOUT> __global__ void __launch_bounds__(GEMV_THREADS) gemv_lowrank_kernel(const GemvArgs a) {
+template <int XDT, int NT, int LAYOUT>
+__global__ void __launch_bounds__(GEMV_THREADS) gemv_lowrank_kernel(const GemvArgs a) {
     __shared__ float red[GEMV_WARPS * NT * LR_FRAG]; /* [warp][token tile][token][16 ranks] */
     grid_dependency_trigger();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4, b = blockIdx.x;
@@ -606,7 +606,8 @@ template <int XDT, int NT, int LAYOUT> __global__ void __launch_bounds__(GEMV_TH
                     xf[u][nt][1] = ok ? __ldg((const unsigned int *)(xr[nt] + k + 8)) : 0u;
                 }
 #pragma unroll
-                for (int r = 0; r < LR_RSTEPS; r++) lowrank_a_frag<XDT, LAYOUT>(a, 16 * (s0 + r) + 2 * g, k, kv, af[u][r]);
+                for (int r = 0; r < LR_RSTEPS; r++)
+                    lowrank_a_frag<XDT, LAYOUT>(a, 16 * (s0 + r) + 2 * g, k, kv, af[u][r]);
             }
 #pragma unroll
             for (int u = 0; u < LR_UNROLL; u++)
