@@ -436,15 +436,24 @@ def test_gemv_svd(name, M, strided, n_out, k_in, group, rank):
     y = kernels.gemv(t, raw, scale, zp, view, x, bias, n_out, up, down)
     assert y is not None
     w = kernels.dequantize(t, raw, scale, zp, view, (n_out, k_in), BF16, impl="fast")
-    low = x.double() @ down.double().t()
-    y64 = x.double() @ w.double().t() + bias.double() + low @ up.double().t()
-    lowmag = (x.double().abs() @ down.double().abs().t()) @ up.double().abs().t()
-    # the low-rank product t = x @ down^T is rounded to x's dtype before its MMA with up (as
-    # sdnq's own path rounds it): half an ulp of each t, allowed twice (the eps of gemv_bound)
+    assert_gemv_svd(y, x, w, up, down, bias, f"{name} M={M}")
+
+
+def assert_gemv_svd(y, x, w, up, down, bias, label):
+    """y of the GEMV with an SVD branch against x @ w^T (+ bias) + (x @ down^T) @ up^T in float64,
+    w the dequantized weight in x's dtype and the factors rounded to x's dtype (as the torch path
+    casts them). The low-rank product t = x @ down^T is rounded to x's dtype before its MMA with
+    up (as sdnq's own path rounds it): half an ulp of each t, allowed twice (the eps of
+    gemv_bound), and its fp32 sums over K and the rank as gemv_bound's"""
+    d64, u64 = down.to(x.dtype).double(), up.to(x.dtype).double()
+    y64 = x.double() @ w.double().t() + (x.double() @ d64.t()) @ u64.t()
+    if bias is not None:
+        y64 = y64 + bias.double()
+    lowmag = (x.double().abs() @ d64.abs().t()) @ u64.abs().t()
     eps = 2.0**-8 if x.dtype == BF16 else 2.0**-11
-    bound = gemv_bound(x, w, y64) + ((k_in + rank) * 2.0**-22 + eps) * lowmag
+    bound = gemv_bound(x, w, y64) + ((x.shape[1] + down.shape[0]) * 2.0**-22 + eps) * lowmag
     err = (y.double() - y64).abs()
-    assert bool((err <= bound).all()), f"{name} M={M}: max err {err.max().item()}"
+    assert bool((err <= bound).all()), f"{label}: max err {err.max().item()}"
 
 
 @pytest.mark.parametrize("form", ["f32", "odd_rank", "k_strided", "f16"])
@@ -453,8 +462,8 @@ def test_gemv_svd_down_forms(form, M):
     """the low-rank blocks' three ways of reading down: pairs along k (rows), pairs along the rank
     (sdnq's column-major factor) and element by element, here for fp32 factors, an odd rank in
     column-major storage, a k stride of 2 (a view), and fp16 x with fp16 factors. fp32 down is
-    rounded to x's dtype before the product, as the torch path does (down.to(x.dtype)), so the
-    reference rounds it too; tolerance as test_gemv_svd"""
+    rounded to x's dtype before the product, as the torch path does (down.to(x.dtype)), and so
+    is the reference's (assert_gemv_svd)"""
     t = dtypes.get("uint4")
     n_out, k_in, group = 48, 2048, 128  # two low-rank blocks
     rank = 13 if form == "odd_rank" else 24
@@ -475,13 +484,7 @@ def test_gemv_svd_down_forms(form, M):
     y = kernels.gemv(t, raw, scale, zp, view, x, None, n_out, up, down)
     assert y is not None
     w = kernels.dequantize(t, raw, scale, zp, view, (n_out, k_in), xdt, impl="fast")
-    d64, u64 = down.to(xdt).double(), up.to(xdt).double()
-    y64 = x.double() @ w.double().t() + (x.double() @ d64.t()) @ u64.t()
-    lowmag = (x.double().abs() @ d64.abs().t()) @ u64.abs().t()
-    eps = 2.0**-8 if xdt == BF16 else 2.0**-11
-    bound = gemv_bound(x, w, y64) + ((k_in + rank) * 2.0**-22 + eps) * lowmag
-    err = (y.double() - y64).abs()
-    assert bool((err <= bound).all()), f"{form} M={M}: max err {err.max().item()}"
+    assert_gemv_svd(y, x, w, up, down, None, f"{form} M={M}")
 
 
 def test_gemv_scratch_checks(monkeypatch):
@@ -518,7 +521,8 @@ def test_gemv_scratch_checks(monkeypatch):
     assert status(work=args[LOWRANK] + 4 * args[LOWRANK_N]) == 0  # right after lowrank
     # the low-rank scratch: one low-rank block's partial sums at least (rank 8, one token tile:
     # 128 floats), 16-byte aligned for the finishing kernel's vector loads
-    assert args[LOWRANK_N] == kernels._C_cuda.gemv_lowrank_floats(1, rank) == kernels._C_cuda.GEMV_LOWRANK_SPLITS * 128
+    splits = kernels._C_cuda.GEMV_LOWRANK_SPLITS
+    assert args[LOWRANK_N] == kernels._C_cuda.gemv_lowrank_floats(1, rank) == splits * 128
     assert status(lowrank_numel=128) == 0
     assert status(lowrank_numel=127) == 4  # SDNQ_ERR_RANGE
     assert status(lowrank=args[LOWRANK] + 4, lowrank_numel=args[LOWRANK_N] - 1) == 7  # not 16-byte aligned: UNSUPPORTED
