@@ -486,40 +486,79 @@ __device__ __forceinline__ void gemv_compute(const GemvArgs &a, const float *lut
  * B = t^T (t = x @ down^T from the low-rank kernels, rounded to x's dtype as sdnq's own path
  * rounds it), fp32 accumulation; 16 ranks per MMA. c[q] += sum over ranks of up[row q][j] *
  * t[token q][j] for the warp's token tile nt. */
-template <int XDT> __device__ __forceinline__ void svd_up_frag(const GemvArgs &a, int n0, int j0, int g, int t,
-                                                               uint32_t (&r)[4]) {
+template <int XDT, int S>
+__device__ __forceinline__ void svd_up_frags(const GemvArgs &a, int n0, int j0, int g, int t, uint32_t (&r)[S][4]) {
+    /* step s: ranks j0 + 16 s ..; a0: row g, ranks 2t, 2t+1; a1: row g+8; a2/a3: ranks + 8; zeros
+     * past N and the rank. up in x's dtype (sdnq's case): its raw halves, 8 S predicated loads
+     * with no branch between them, all in flight at once; other dtypes through sdnq_load_float
+     * (a branch on the dtype per value), rounded to x's */
+    if (a.up_dtype == XDT) {
+        uint32_t h[S][8];
 #pragma unroll
-    for (int i = 0; i < 4; i++) { /* a0: row g, ranks 2t, 2t+1; a1: row g+8; a2/a3: ranks + 8 */
-        const int n = n0 + g + (i & 1) * 8, j = j0 + 2 * t + (i >> 1) * 8;
-        float v[2];
+        for (int s = 0; s < S; s++)
 #pragma unroll
-        for (int e = 0; e < 2; e++)
-            v[e] = n < a.N && j + e < a.rank
-                       ? sdnq_load_float(a.up, (int64_t)n * a.us0 + (int64_t)(j + e) * a.us1, a.up_dtype)
-                       : 0.0f;
-        r[i] = pack_pair<XDT>(v[0], v[1]);
+            for (int i = 0; i < 8; i++) {
+                const int n = n0 + g + (i >> 1 & 1) * 8, j = j0 + 16 * s + 2 * t + (i >> 2) * 8 + (i & 1);
+                h[s][i] = n < a.N && j < a.rank
+                              ? __ldg((const unsigned short *)a.up + (int64_t)n * a.us0 + (int64_t)j * a.us1)
+                              : 0u;
+            }
+#pragma unroll
+        for (int s = 0; s < S; s++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) r[s][i] = h[s][2 * i] | h[s][2 * i + 1] << 16;
+        return;
     }
+#pragma unroll
+    for (int s = 0; s < S; s++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int n = n0 + g + (i & 1) * 8, j = j0 + 16 * s + 2 * t + (i >> 1) * 8;
+            float v[2];
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+                v[e] = n < a.N && j + e < a.rank
+                           ? sdnq_load_float(a.up, (int64_t)n * a.us0 + (int64_t)(j + e) * a.us1, a.up_dtype)
+                           : 0.0f;
+            r[s][i] = pack_pair<XDT>(v[0], v[1]);
+        }
 }
 
-/* t's B fragment for token tile nt and ranks 16 s .. 16 s + 15 (b0: ranks 2t, 2t+1; b1: ranks
- * 2t+8, 2t+9; token g): the low-rank blocks' partial sums added in block order, then rounded to
- * x's dtype (as sdnq's own path rounds t) */
-template <int XDT, int NT>
-__device__ __forceinline__ void svd_t_frag(const GemvArgs &a, int nt, int s, int lane, uint32_t (&b)[2]) {
-    const int64_t rs = (a.rank + 15) / 16;
-    const float4 *p = (const float4 *)a.lowrank + (nt * rs + s) * 32 + lane;
+/* t's B fragments for token tile nt and the S steps of 16 ranks from s0 (b0: ranks 2t, 2t+1; b1:
+ * ranks 2t+8, 2t+9; token g): the low-rank blocks' partial sums, all loaded in one round (the
+ * launcher's split is at most SDNQ_GEMV_LOWRANK_SPLITS blocks), added in block order, then
+ * rounded to x's dtype (as sdnq's own path rounds t); steps past the rank are zeros */
+template <int XDT, int NT, int S>
+__device__ __forceinline__ void svd_t_frags(const GemvArgs &a, int nt, int s0, int lane, uint32_t (&b)[S][2]) {
+    constexpr int NB = SDNQ_GEMV_LOWRANK_SPLITS;
+    const int rs = (a.rank + 15) / 16;
+    const float4 *p = (const float4 *)a.lowrank + (nt * rs + s0) * 32 + lane;
     const int64_t split = NT * rs * 32; /* float4s from one block's partial sums to the next */
-    float4 v = __ldg(p);
-#pragma unroll 4
-    for (int i = 1; i < a.lr_blocks; i++) {
-        const float4 w = __ldg(p + i * split);
-        v.x = __fadd_rn(v.x, w.x);
-        v.y = __fadd_rn(v.y, w.y);
-        v.z = __fadd_rn(v.z, w.z);
-        v.w = __fadd_rn(v.w, w.w);
+    float4 v[S][NB];
+    /* unconditional loads (past the last block: the last block's again, never added), so that
+     * ptxas issues them all before the first add */
+#pragma unroll
+    for (int s = 0; s < S; s++)
+#pragma unroll
+        for (int i = 0; i < NB; i++)
+            v[s][i] = __ldg(p + (s0 + s < rs ? s : 0) * 32 + (i < a.lr_blocks ? i : a.lr_blocks - 1) * split);
+#pragma unroll
+    for (int s = 0; s < S; s++) {
+        float4 r = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (s0 + s < rs) {
+            r = v[s][0];
+#pragma unroll
+            for (int i = 1; i < NB; i++)
+                if (i < a.lr_blocks) {
+                    r.x = __fadd_rn(r.x, v[s][i].x);
+                    r.y = __fadd_rn(r.y, v[s][i].y);
+                    r.z = __fadd_rn(r.z, v[s][i].z);
+                    r.w = __fadd_rn(r.w, v[s][i].w);
+                }
+        }
+        b[s][0] = pack_pair<XDT>(r.x, r.y);
+        b[s][1] = pack_pair<XDT>(r.z, r.w);
     }
-    b[0] = pack_pair<XDT>(v.x, v.y);
-    b[1] = pack_pair<XDT>(v.z, v.w);
 }
 
 /* ranks whose up fragments the finishing kernel holds in registers, loaded before it waits */
@@ -528,10 +567,10 @@ constexpr int SVD_REG_RANKS = 32;
 template <int XDT, int NT>
 __device__ __forceinline__ void svd_tile(const GemvArgs &a, int n0, int nt, int g, int t, float (&c)[4]) {
     for (int s = 0; 16 * s < a.rank; s++) {
-        uint32_t r[4], b[2];
-        svd_up_frag<XDT>(a, n0, 16 * s, g, t, r);
-        svd_t_frag<XDT, NT>(a, nt, s, 4 * g + t, b);
-        mma16816<XDT>(c, r[0], r[1], r[2], r[3], b[0], b[1]);
+        uint32_t r[1][4], b[1][2];
+        svd_up_frags<XDT, 1>(a, n0, 16 * s, g, t, r);
+        svd_t_frags<XDT, NT, 1>(a, nt, s, 4 * g + t, b);
+        mma16816<XDT>(c, r[0][0], r[0][1], r[0][2], r[0][3], b[0][0], b[0][1]);
     }
 }
 
@@ -575,7 +614,7 @@ __device__ __forceinline__ void lowrank_a_frag(const GemvArgs &a, int j, int kp,
  * as in the weight's MMAs. Per group of LR_RSTEPS x 16 ranks each warp takes the range's 16-k
  * steps in turn, the loads of LR_UNROLL steps (x and every rank of the group) issued before
  * their MMAs; the warps' results meet in shared memory and are summed in warp order (fp32,
- * deterministic) into lowrank in svd_t_frag's order, [block][token tile][16 ranks][lane][4].
+ * deterministic) into lowrank in svd_t_frags' order, [block][token tile][16 ranks][lane][4].
  * A programmatic dependent of the GEMV on sm_90+, run beside it in the block slots its grid
  * leaves free; it waits for the GEMV only as it ends, so that its end implies the GEMV's for
  * the finishing kernel (its own dependent). */
@@ -755,9 +794,12 @@ __device__ __forceinline__ void gemv_prefetch_up(const GemvArgs &a, int n0, int 
 
 /* Tile blockIdx.x of y: the sum of its segments' partial sums in block order (deterministic),
  * + the SVD branch on the tensor cores + bias, one rounding. Warp nt takes token tile nt. A
- * programmatic dependent of gemv_kernel: bias and up fragments first, then it waits for the
- * partial sums and t, and issues their loads together. */
-template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT) gemv_finish_kernel(const GemvArgs a) {
+ * programmatic dependent of the kernel before it, whose end is this kernel's critical path:
+ * bias and up fragments are loaded before it waits, the segments' and t's partial sums after,
+ * each set in one round of loads (a round trip per load or per four had cost 2-4 us per call).
+ * The launch bounds' minimum of one block lets ptxas hold those loads in registers (~130; with
+ * no minimum it keeps ~80, for 32-thread blocks, and spreads the loads over several rounds). */
+template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT, 1) gemv_finish_kernel(const GemvArgs a) {
     const int tile = blockIdx.x, nt = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int gi = tile / GEMV_WARPS, w = tile % GEMV_WARPS, n0 = tile * GEMV_ROWS;
     /* the blocks whose item ranges meet row group gi */
@@ -772,35 +814,38 @@ template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT) gemv_finis
     constexpr int RS = SVD_REG_RANKS / 16;
     uint32_t up[RS][4] = {};
     const bool up_regs = a.rank <= SVD_REG_RANKS;
-    if (up_regs) {
-#pragma unroll
-        for (int s = 0; s < RS; s++)
-            if (16 * s < a.rank) svd_up_frag<XDT>(a, n0, 16 * s, g, t, up[s]);
+    if (up_regs && a.rank > 0) {
+        svd_up_frags<XDT, RS>(a, n0, 0, g, t, up);
     } else {
         gemv_prefetch_up(a, n0, lane);
     }
     grid_dependency_wait();
-    uint32_t tb[RS][2] = {};
-    if (up_regs) { /* t (the low-rank kernels' result): its loads in flight with the segments' */
-#pragma unroll
-        for (int s = 0; s < RS; s++)
-            if (16 * s < a.rank) svd_t_frag<XDT, NT>(a, nt, s, lane, tb[s]);
-    }
-    /* the segments b0..b1, FIN_UNROLL loads in flight per accumulator, summed in block order */
-    constexpr int FIN_UNROLL = 4;
-    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    /* the segments b0..b1 and t (the low-rank kernel's partial sums), all loaded before the first
+     * add where there are at most FIN_SEGS segments (the first batch goes out before t's loads);
+     * each summed in block order */
+    constexpr int FIN_SEGS = 12;
     const float *p0 = gemv_segment<NT>(a, b0, gi, w, lane) + nt * GEMV_FRAG;
     const int64_t seg = (int64_t)GEMV_WARPS * NT * GEMV_FRAG; /* floats from one segment to the next */
-    for (int b = 0; b <= b1 - b0; b += FIN_UNROLL) {
-        float v[FIN_UNROLL][4];
+    float v[FIN_SEGS][4], sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    auto load_segs = [&](int b) {
 #pragma unroll
-        for (int u = 0; u < FIN_UNROLL; u++)
+        for (int u = 0; u < FIN_SEGS; u++)
 #pragma unroll
             for (int q = 0; q < 4; q++) v[u][q] = b + u <= b1 - b0 ? p0[(b + u) * seg + q * 32] : 0.0f;
+    };
+    auto add_segs = [&]() {
 #pragma unroll
-        for (int u = 0; u < FIN_UNROLL; u++)
+        for (int u = 0; u < FIN_SEGS; u++)
 #pragma unroll
             for (int q = 0; q < 4; q++) sum[q] = __fadd_rn(sum[q], v[u][q]);
+    };
+    load_segs(0);
+    uint32_t tb[RS][2] = {};
+    if (up_regs && a.rank > 0) svd_t_frags<XDT, NT, RS>(a, nt, 0, lane, tb);
+    add_segs();
+    for (int b = FIN_SEGS; b <= b1 - b0; b += FIN_SEGS) {
+        load_segs(b);
+        add_segs();
     }
     float lr[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if (up_regs) {

@@ -103,7 +103,7 @@ typedef struct sdnq_gemv_desc {
 } sdnq_gemv_desc;
 
 #define SDNQ_GEMV_MAX_M 16
-#define SDNQ_GEMV_LOWRANK_SPLITS 16
+#define SDNQ_GEMV_LOWRANK_SPLITS 8
 /* splits x (1 or 2 token tiles) x (16-rank steps) fragments of 128 floats */
 #define SDNQ_GEMV_LOWRANK_FLOATS(M, rank, splits) \
     ((int64_t)(splits) * ((M) > 8 ? 2 : 1) * (((int64_t)(rank) + 15) / 16) * 128)
