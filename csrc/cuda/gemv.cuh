@@ -50,8 +50,8 @@
  * items in order with the codes (and scales) of STAGES items in flight
  * (gemv_stages: 4 for <= 4 bits, 3 for 5-6 bits, 2 for 7-8 bits, 3 for M > 8;
  * one fewer in the factored mode), across row-group boundaries; the block's
- * warps read the same x chunk together (one L2 read, the rest from L1). For M
- * <= 8 the x fragment of the next item is loaded one ahead as well. Where its
+ * warps read the same x chunk together (one L2 read, the rest from L1), each
+ * as it starts the item, under the decode of its codes. Where its
  * run of a row group ends, a warp writes its partial sums to the caller's work
  * buffer (segment block + row group) - the warps never wait for one another.
  * gemv_finish_kernel then sums each tile's segments in block order
@@ -269,13 +269,13 @@ __device__ __forceinline__ void gemv_load_stage(const GemvArgs &a, const GemvRow
 }
 
 /* x fragments of this thread's tokens (g, and g + 8 when NT == 2; xr their rows, or NULL past
- * M) for chunk `chunk`, zeros when valid is false; for the packed decode the pairs of each unit
- * of 8 k's are regrouped as its weight registers are: (x0,x4), (x1,x5), (x2,x6), (x3,x7) */
+ * M) for chunk `chunk`, zeros past K; for the packed decode the pairs of each unit of 8 k's are
+ * regrouped as its weight registers are: (x0,x4), (x1,x5), (x2,x6), (x3,x7) */
 template <int NT, bool PACKED>
-__device__ __forceinline__ void gemv_load_x(const GemvArgs &a, const uint16_t *const (&xr)[NT], int chunk, bool valid,
-                                            int t, uint32_t (&x)[NT][16]) {
+__device__ __forceinline__ void gemv_load_x(const GemvArgs &a, const uint16_t *const (&xr)[NT], int chunk, int t,
+                                            uint32_t (&x)[NT][16]) {
     const int kb = chunk * GEMV_CHUNK + t * GEMV_CODES;
-    const bool kv = valid && kb < a.K;
+    const bool kv = kb < a.K;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         load_x32(xr[nt] + kb, kv && xr[nt] != NULL, x[nt]);
@@ -735,9 +735,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
     const uint16_t *xr[NT]; /* this thread's token rows of x */
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) xr[nt] = nt * 8 + g < a.M ? (const uint16_t *)a.x + (nt * 8 + g) * a.ldx : NULL;
-    constexpr bool XPF = NT == 1; /* x one chunk ahead (registers allowing) */
     uint32_t xc[NT][16];
-    if constexpr (XPF) gemv_load_x<NT, PACKED>(a, xr, kc, true, t, xc);
 
     float acc[gemv_accs<NT>::value][NT][4] = {};
     auto flush = [&]() { /* this warp's partial sums of the segment (block, row group gc) */
@@ -756,19 +754,11 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
         for (int s = 0; s < STAGES; s++) {
             const int i = i0 + s;
             if (i >= n_items) break; /* warp-uniform */
-            if constexpr (XPF) {
-                /* x of the next item: the next chunk, or the next row group's first */
-                uint32_t xn[NT][16];
-                gemv_load_x<NT, PACKED>(a, xr, kc + 1 < C ? kc + 1 : 0, i + 1 < n_items, t, xn);
-                gemv_compute<BITS, XDT, SDT, NT, DEC, FACT>(a, lut, st[s], xc, acc);
-#pragma unroll
-                for (int nt = 0; nt < NT; nt++)
-#pragma unroll
-                    for (int j = 0; j < 16; j++) xc[nt][j] = xn[nt][j];
-            } else {
-                gemv_load_x<NT, PACKED>(a, xr, kc, true, t, xc);
-                gemv_compute<BITS, XDT, SDT, NT, DEC, FACT>(a, lut, st[s], xc, acc);
-            }
+            /* x of this item: from L1 (the block's warps read the same chunk), its latency under
+             * the decode of the codes in flight; loaded one item ahead it cost 16 register moves
+             * per item and 16 registers, and ran 2-7 % slower at M = 1 */
+            gemv_load_x<NT, PACKED>(a, xr, kc, t, xc);
+            gemv_compute<BITS, XDT, SDT, NT, DEC, FACT>(a, lut, st[s], xc, acc);
             load_next(st[s]);
             if (++kc == C) {
                 flush();
