@@ -756,7 +756,7 @@ __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_kernel(const GemvArgs a)
             if (i >= n_items) break; /* warp-uniform */
             /* x of this item: from L1 (the block's warps read the same chunk), its latency under
              * the decode of the codes in flight; loaded one item ahead it cost 16 register moves
-             * per item and 16 registers, and ran 2-7 % slower at M = 1 */
+             * per item and 16 registers, and ran up to 7 % slower at M = 1 (uint4 g128) */
             gemv_load_x<NT, PACKED>(a, xr, kc, t, xc);
             gemv_compute<BITS, XDT, SDT, NT, DEC, FACT>(a, lut, st[s], xc, acc);
             load_next(st[s]);
