@@ -35,13 +35,20 @@ def uint4_layer(N: int, K: int, gen: torch.Generator, dev) -> tuple:
     return view, raw, scale, zp, up, down
 
 
+def cuda_kernels_or_say(prog: str) -> bool:
+    """True where a CUDA device and comfy_sdnq._C_cuda are there; else says so on stderr"""
+    if torch.cuda.is_available() and kernels.cuda_backend() == "cuda":
+        return True
+    print(f"{prog}: needs a CUDA device and comfy_sdnq._C_cuda", file=sys.stderr)
+    return False
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", default="", help="a name for this build in the output")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available() or kernels.cuda_backend() != "cuda":
-        print("bench_gemv: needs a CUDA device and comfy_sdnq._C_cuda", file=sys.stderr)
+    if not cuda_kernels_or_say("bench_gemv"):
         return 2
     dev = "cuda"
     timer = Timer(reps=40, warmup=2)

@@ -22,7 +22,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_gemv import uint4_layer  # noqa: E402  (puts the repository on sys.path)
+from bench_gemv import cuda_kernels_or_say, uint4_layer  # noqa: E402  (puts the repository on sys.path)
 
 from comfy_sdnq import dtypes, kernels  # noqa: E402
 
@@ -70,8 +70,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="write the lines here as well")
     args = ap.parse_args(argv)
-    if not torch.cuda.is_available() or kernels.cuda_backend() != "cuda":
-        print("gemv_timeline: needs a CUDA device and comfy_sdnq._C_cuda", file=sys.stderr)
+    if not cuda_kernels_or_say("gemv_timeline"):
         return 2
     dev = "cuda"
     t = dtypes.get("uint4")
