@@ -10,6 +10,7 @@
 #ifndef SDNQ_CODEC_H
 #define SDNQ_CODEC_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -192,6 +193,28 @@ SDNQ_HD uint8_t sdnq_f32_to_fp8(float f, int32_t dtype) {
     case SDNQ_DT_F8_E5M2FNUZ: return sdnq_f32_to_fnuz(f, 2, 16);
     default: return sdnq_f32_to_e8m0(f);
     }
+}
+
+/* ------------------------------------------------------------------------ */
+/* division by a per-row quantization scale                                  */
+
+/* Row quantization divides each x of a row by s = amax / qmax (|x| <= amax). With r = 1/s
+ * correctly rounded and s in [2^-90, 2^120] (sdnq_row_div_quick), one product and one remainder
+ * correction (the fast path nvcc emits for a correctly rounded division, with the row's
+ * reciprocal instead of one per element) give x / s correctly rounded wherever |x / s| >= 2^-11;
+ * below, where the remainder may underflow, possibly an ulp off, and both round to the same int8
+ * (0) and e4m3 (+-0) codes. The sign is x's (the correction turns -0 into +0). tests/c/test_core.c (test_row_division) checks this on every finite
+ * bf16 and fp16 x for a spread of scales. */
+SDNQ_HD int sdnq_row_div_quick(float s) { return s >= 0x1p-90f && s <= 0x1p+120f; }
+
+SDNQ_HD float sdnq_row_div(float x, float s, float r) {
+#ifdef __CUDA_ARCH__
+    const float q0 = __fmul_rn(x, r);
+    return copysignf(__fmaf_rn(__fmaf_rn(-s, q0, x), r, q0), x); /* -0 / s is -0 */
+#else
+    const float q0 = x * r;
+    return copysignf(fmaf(fmaf(-s, q0, x), r, q0), x);
+#endif
 }
 
 /* ------------------------------------------------------------------------ */

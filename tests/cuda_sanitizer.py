@@ -136,11 +136,21 @@ def main():
                   y is not None and bool(((y.float() - ref).abs() <= 0.02 * ref.abs().amax()).all()))
 
     # W8A8 pieces: row quantization (int8, fp8), cuBLASLt int8 + epilogue, fp8 fused and fp32 + epilogue
+    # (rows of 37: the scalar kernel; 1024 and 3072: one warp per row; 4104 and 20000: 2 and 7 warps)
     for kind in ("int8", "fp8"):
-        x = torch.randn(5, 37, generator=gen).to(BF16).to(DEV)
-        q, s = kernels.quantize_rows(x, kind)
-        back = q.float() * s[:, None]
-        check(f"quantize_rows {kind} 5x37", bool(((back - x.float()).abs() <= 0.07 * x.float().abs().amax()).all()))
+        for rows, cols in ((5, 37), (3, 1024), (5, 3072), (3, 4104), (2, 20000)):
+            x = torch.randn(rows, cols, generator=gen).to(BF16).to(DEV)
+            q, s = kernels.quantize_rows(x, kind)
+            back = q.float() * s[:, None]
+            check(f"quantize_rows {kind} {rows}x{cols}",
+                  bool(((back - x.float()).abs() <= 0.07 * x.float().abs().amax(1, keepdim=True)).all()))
+    # the epilogue's vector kernel: 130 8-column units (two blocks along N), 7 rows (a partial row step)
+    acc = torch.randint(-1000, 1000, (7, 1040), generator=gen, dtype=torch.int32).to(DEV)
+    sa, sb = torch.rand(7, generator=gen).to(DEV), torch.rand(1040, generator=gen).to(DEV)
+    bias = torch.randn(1040, generator=gen).to(BF16).to(DEV)
+    y = kernels.scale_epilogue(acc, sa, sb, bias, BF16)
+    want = (acc.float() * sa[:, None] * sb[None, :] + bias.float()).to(BF16)
+    check("scale_epilogue 7x1040", bool(torch.equal(y, want)))
     for name, path in (("int8", "w8a8_int8"), ("float8_e4m3fn", "w8a8_fp8"), ("uint4", "w4a8")):
         t = dtypes.get(name)
         n_out, k_in, M = 24, 64, 20

@@ -616,15 +616,19 @@ def test_w8a8(path, name, tol, M):
     assert rel_err(y, ref) < tol, rel_err(y, ref)
 
 
-@pytest.mark.parametrize("shape", [(7, 301), (6, 264), (3, 4104), (2, 16384), (5, 20000)])
+@pytest.mark.parametrize("shape", [(7, 301), (6, 264), (3, 1024), (4, 3072), (3, 4104), (2, 16384), (5, 20000),
+                                   (2, 24584)])
 def test_quantize_rows(shape):
     """per-row activation quantization, exactly sdnq's arithmetic (the register-resident vector
-    kernel for 16-bit rows of a multiple of 8 columns, the two-pass kernel otherwise)"""
+    kernel for 16-bit rows of a multiple of 8 columns up to 24576: one warp per row up to 3072
+    columns (1024: the 4-vector form), 2, 6 and 7 warps for 4104, 16384 and 20000; the two-pass
+    kernel otherwise: 301, 24584)"""
     rows, cols = shape
     g = torch.Generator().manual_seed(cols)
     x = torch.randn(rows, cols, generator=g).to(BF16)
     x[rows // 2] = 0
     x[0, 3] = 1e-30  # tiny values, and halfway cases of the division
+    x[-1, 1] = -0.0  # a signed zero (its fp8 code is 0x80)
     xd = x.to(DEV)
     q, s = kernels.quantize_rows(xd, "int8")
     amax = x.float().abs().amax(1)
@@ -634,7 +638,7 @@ def test_quantize_rows(shape):
     q8, s8 = kernels.quantize_rows(xd, "fp8")
     assert torch.equal(s8.cpu(), amax / 448)
     want8 = torch.where(s8.cpu()[:, None] > 0, x.float() / s8.cpu()[:, None].clamp_min(1e-30), 0).clamp(-448, 448)
-    assert torch.equal(q8.cpu().float(), want8.to(torch.float8_e4m3fn).float())
+    assert torch.equal(q8.cpu().view(torch.uint8), want8.to(torch.float8_e4m3fn).view(torch.uint8))
 
 
 def test_lt_matmul_scaled():
@@ -679,10 +683,11 @@ def test_fp8_fused_refusal_is_per_output_dtype():
     assert (dev, BF16, True) not in ops._FP8_FUSED_REFUSED
 
 
-@pytest.mark.parametrize("n", [96, 45])
+@pytest.mark.parametrize("n", [96, 1040, 45])
 def test_scale_epilogue(n):
     """acc * a_scale[m] * b_scale[n] (+ bias) in fp32, one rounding: the 8-column vector kernel
-    (n % 8 == 0) and the scalar one"""
+    (n % 8 == 0; 1040: 130 column units, two blocks along N; 5 rows: one whole step of 4 rows and
+    a partial one) and the scalar one"""
     g = torch.Generator().manual_seed(n)
     M = 5
     acc = torch.randint(-50000, 50000, (M, n), generator=g, dtype=torch.int32)

@@ -214,11 +214,11 @@ def test_emu_w8a8(emu, path, name, tol):
     T.test_w8a8(path, name, tol, 33)
 
 
-@pytest.mark.parametrize("shape", [(7, 301), (6, 264), (3, 4104), (2, 16384)])
+@pytest.mark.parametrize("shape", [(7, 301), (6, 264), (3, 1024), (4, 3072), (3, 4104), (2, 16384), (2, 24584)])
 def test_emu_quantize_rows(emu, shape):
     T.test_quantize_rows(shape)
 
 
 def test_emu_scale_epilogue(emu):
-    for n in (96, 45):
+    for n in (96, 1040, 45):
         T.test_scale_epilogue(n)

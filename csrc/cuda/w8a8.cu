@@ -23,8 +23,10 @@ extern "C" sdnq_status sdnq_cuda_quantize_rows(const void *x, int32_t x_dtype, i
     cudaStream_t s = as_stream(stream);
     const int64_t nv = cols / 8;
     if (x_dtype != SDNQ_DT_F32 && cols % 8 == 0 && ldx % 8 == 0 && aligned(x, 16) && aligned(q, 8) && nv > 0 &&
-        nv <= (int64_t)QROW_THREADS * QROW_MAXV) {
-        const int V = nv <= QROW_THREADS ? 1 : nv <= 2 * QROW_THREADS ? 2 : nv <= 4 * QROW_THREADS ? 4 : 8;
+        nv <= (int64_t)QROW_MAX_THREADS * QROW_V) {
+        /* the fewest warps that hold the row in QROW_V vectors per thread (QROW_V_SMALL: one warp) */
+        const bool small = nv <= 32 * QROW_V_SMALL;
+        const int threads = small ? 32 : 32 * (int)((nv + 32 * QROW_V - 1) / (32 * QROW_V));
         const bool bf = x_dtype == SDNQ_DT_BF16, i8 = q_dtype == SDNQ_DT_I8;
         auto pick = [&](auto VV) {
             constexpr int VC = decltype(VV)::value;
@@ -32,14 +34,10 @@ extern "C" sdnq_status sdnq_cuda_quantize_rows(const void *x, int32_t x_dtype, i
                                          : &quantize_rows_vec_kernel<SDNQ_DT_BF16, SDNQ_DT_F8_E4M3FN, VC>)
                                    : (i8 ? &quantize_rows_vec_kernel<SDNQ_DT_F16, SDNQ_DT_I8, VC>
                                          : &quantize_rows_vec_kernel<SDNQ_DT_F16, SDNQ_DT_F8_E4M3FN, VC>);
-            SDNQ_LAUNCH(kernel, grid, QROW_THREADS, s, x, rows, cols, ldx, q, scale);
+            SDNQ_LAUNCH(kernel, grid, threads, s, x, rows, cols, ldx, q, scale);
         };
-        switch (V) {
-        case 1: pick(dt_const<1>{}); break;
-        case 2: pick(dt_const<2>{}); break;
-        case 4: pick(dt_const<4>{}); break;
-        default: pick(dt_const<8>{}); break;
-        }
+        if (small) pick(dt_const<QROW_V_SMALL>{});
+        else pick(dt_const<QROW_V>{});
         return launch_status();
     }
     with_arith_dtype(x_dtype, [&](auto X) {
@@ -74,13 +72,13 @@ extern "C" sdnq_status sdnq_cuda_scale_epilogue(const sdnq_epilogue_desc *d, voi
         return SDNQ_ERR_UNSUPPORTED;
     cudaStream_t s = as_stream(stream);
     if (d->N % 8 == 0 && aligned(d->acc, 16) && aligned(d->out, 16)) { /* 8 columns per thread */
-        const dim3 grid(grid_for(d->N / 8, EPI_THREADS, 1 << 16), grid_for(d->M, 1, 65535));
+        const dim3 grid(grid_for(d->N / 8, EPI_VEC_THREADS, 1 << 16), grid_for(d->M, EPI_ROWS, 65535));
         with_arith_dtype(d->out_dtype, [&](auto O) {
             const auto kernel = d->acc_dtype == SDNQ_DT_I32
                                     ? &scale_epilogue_vec_kernel<SDNQ_DT_I32, decltype(O)::value>
                                     : &scale_epilogue_vec_kernel<SDNQ_DT_F32, decltype(O)::value>;
-            SDNQ_LAUNCH(kernel, grid, EPI_THREADS, s, d->acc, d->M, d->N, d->a_scale, d->b_scale, d->b_scale_dtype,
-                        d->b_scale_stride, d->bias, d->out);
+            SDNQ_LAUNCH(kernel, grid, EPI_VEC_THREADS, s, d->acc, d->M, d->N, d->a_scale, d->b_scale,
+                        d->b_scale_dtype, d->b_scale_stride, d->bias, d->out);
         });
         return launch_status();
     }

@@ -29,7 +29,7 @@
 namespace sdnq_cuda {
 
 constexpr int QROW_THREADS = 256;
-constexpr int EPI_THREADS = 256;
+constexpr int EPI_THREADS = 256; /* the scalar epilogue */
 
 template <int XDT, int QDT>
 __global__ void __launch_bounds__(QROW_THREADS)
@@ -70,115 +70,173 @@ __global__ void __launch_bounds__(QROW_THREADS)
 /* ------------------------------------------------------------------------ */
 /* vector versions: rows of 16-bit x whose columns are a multiple of 8        */
 
-constexpr int QROW_MAXV = 8; /* 16-byte vectors per thread kept in registers: rows up to 256*8*8 values */
-
-/* v rounded half to even and clamped to int8, as its two's-complement byte: the
- * low byte of 1.5*2^23 + v (exact for |v| <= 128, ulp 1, round to nearest even) */
-__device__ __forceinline__ uint32_t q8_byte(float v) {
-    const float c = fminf(fmaxf(v, -128.0f), 127.0f);
-    return __float_as_uint(__fadd_rn(c, 12582912.0f)) & 0xFFu;
+/* v rounded half to even and clamped to int8: its two's-complement byte is the low byte of
+ * 1.5*2^23 + v (exact for |v| <= 128, ulp 1, round to nearest even) */
+__device__ __forceinline__ uint32_t q8_int8_bits(float v) {
+    return __float_as_uint(__fadd_rn(fminf(fmaxf(v, -128.0f), 127.0f), 12582912.0f));
 }
 
 /* fp8 e4m3 code of v (NaN -> 0, clamped to +-448, round to nearest even) */
 __device__ __forceinline__ uint32_t q8_fp8(float v) {
     const float c = v != v ? 0.0f : fminf(fmaxf(v, -448.0f), 448.0f);
-#if defined(SDNQ_CUDA_EMU) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890)
     return sdnq_f32_to_fp8(c, SDNQ_DT_F8_E4M3FN);
+}
+
+/* the int8 / e4m3 codes of 8 quotients, byte k from v[k]: pairs of codes in the low 16 bits of
+ * w[p] (byte permutes; e4m3 through the hardware's saturating pair conversion on sm_89+, which
+ * clamps to +-448 as q8_fp8 does), then two pairs per 32-bit word */
+template <int QDT> __device__ __forceinline__ uint2 q8_pack(const float (&v)[8]) {
+    uint32_t w[4];
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+        if constexpr (QDT == SDNQ_DT_I8) {
+            w[p] = __byte_perm(q8_int8_bits(v[2 * p]), q8_int8_bits(v[2 * p + 1]), 0x0040);
+        } else {
+#if defined(SDNQ_CUDA_EMU) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890)
+            w[p] = q8_fp8(v[2 * p]) | (q8_fp8(v[2 * p + 1]) << 8);
 #else
-    return (uint32_t)__nv_cvt_float_to_fp8(c, __NV_SATFINITE, __NV_E4M3);
+            const float a = v[2 * p] == v[2 * p] ? v[2 * p] : 0.0f;
+            const float b = v[2 * p + 1] == v[2 * p + 1] ? v[2 * p + 1] : 0.0f;
+            w[p] = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
 #endif
+        }
+    }
+    return make_uint2(__byte_perm(w[0], w[1], 0x5410), __byte_perm(w[2], w[3], 0x5410));
+}
+
+/* a 16-bit x value (raw bits) widened to fp32: exact, through the hardware conversion for fp16 */
+template <int XDT> __device__ __forceinline__ float x16_to_f32(uint32_t h) {
+    if constexpr (XDT == SDNQ_DT_BF16) {
+        return __uint_as_float(h << 16);
+    } else {
+        const uint16_t b = (uint16_t)h;
+        __half v;
+        memcpy(&v, &b, 2);
+        return __half2float(v);
+    }
 }
 
 /*
- * quantize_rows_vec_kernel<XDT, QDT, V>: the row (cols % 8 == 0, 16-byte
- * aligned, at most 256*8*V values) is read once into registers with 16-byte
- * loads (V per thread), amax reduced over the block, then quantized from the
- * registers and written 8 codes (8 bytes) per store. Same operations as
- * quantize_rows_kernel (x / s correctly rounded, round half to even).
+ * quantize_rows_vec_kernel<XDT, QDT, V>: one row per block of blockDim.x threads (a multiple of
+ * 32, up to 256; the launcher picks the fewest warps that hold the row in V 16-byte vectors per
+ * thread: a 3072-value row is one warp). The row (cols % 8 == 0, 16-byte aligned) is read once
+ * into registers, all V loads of a thread in flight together; amax is reduced by shuffles within
+ * each warp and, with more than one warp, through shared memory (every thread reads the warps'
+ * maxima after one barrier, so no second one publishes the scale); then quantized from the
+ * registers and written 8 codes (8 bytes) per store. Same codes as quantize_rows_kernel
+ * (x / s correctly rounded where it decides a code, codec.h's sdnq_row_div; round half to even).
  */
+constexpr int QROW_V = 12;            /* vectors per thread of the register-resident kernel  */
+constexpr int QROW_V_SMALL = 4;       /* ... for rows of at most 32 * 4 vectors (1024 values) */
+constexpr int QROW_MAX_THREADS = 256; /* rows up to 256 * 12 * 8 = 24576 values             */
+
 template <int XDT, int QDT, int V>
-__global__ void __launch_bounds__(QROW_THREADS)
+__global__ void __launch_bounds__(QROW_MAX_THREADS)
     quantize_rows_vec_kernel(const void *x, int64_t rows, int64_t cols, int64_t ldx, void *q, float *scale) {
-    __shared__ float wmax[QROW_THREADS / 32];
-    __shared__ float row_scale;
+    __shared__ float wmax[QROW_MAX_THREADS / 32];
     const float qmax = QDT == SDNQ_DT_I8 ? 127.0f : 448.0f;
-    const int64_t nv = cols / 8;
-    const int tid = threadIdx.x;
+    const int nv = (int)(cols / 8), tid = threadIdx.x, nthr = blockDim.x, nwarps = nthr / 32;
     for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
         const uint4 *src = (const uint4 *)((const uint16_t *)x + r * ldx);
         uint4 v[V];
+#pragma unroll
+        for (int i = 0; i < V; i++) {
+            const int j = tid + i * nthr;
+            v[i] = j < nv ? __ldg(src + j) : make_uint4(0, 0, 0, 0); /* zeros leave amax as it is */
+        }
         float amax = 0.0f;
 #pragma unroll
         for (int i = 0; i < V; i++) {
-            const int64_t j = tid + (int64_t)i * QROW_THREADS;
-            if (j < nv) {
-                v[i] = __ldg(src + j);
-                const uint32_t w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+            const uint32_t w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
 #pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    amax = fmaxf(amax, fabsf(XDT == SDNQ_DT_BF16 ? sdnq_bf16_to_f32((uint16_t)w[k])
-                                                                  : sdnq_f16_to_f32((uint16_t)w[k])));
-                    amax = fmaxf(amax, fabsf(XDT == SDNQ_DT_BF16 ? sdnq_bf16_to_f32((uint16_t)(w[k] >> 16))
-                                                                  : sdnq_f16_to_f32((uint16_t)(w[k] >> 16))));
-                }
+            for (int k = 0; k < 4; k++) {
+                amax = fmaxf(amax, fabsf(x16_to_f32<XDT>(w[k] & 0xFFFFu)));
+                amax = fmaxf(amax, fabsf(x16_to_f32<XDT>(w[k] >> 16)));
             }
         }
 #pragma unroll
         for (int off = 16; off > 0; off /= 2) amax = fmaxf(amax, __shfl_xor_sync(0xFFFFFFFFu, amax, off));
-        if (tid % 32 == 0) wmax[tid / 32] = amax;
-        __syncthreads();
-        if (tid == 0) {
-            float m = 0.0f;
-            for (int w = 0; w < QROW_THREADS / 32; w++) m = fmaxf(m, wmax[w]);
-            row_scale = __fdiv_rn(m, qmax);
-            scale[r] = row_scale;
+        if (nwarps > 1) { /* uniform over the block */
+            if (tid % 32 == 0) wmax[tid / 32] = amax;
+            __syncthreads();
+            for (int w = 0; w < nwarps; w++) amax = fmaxf(amax, wmax[w]);
         }
-        __syncthreads();
-        const float s = row_scale;
+        const float s = __fdiv_rn(amax, qmax);
+        if (tid == 0) scale[r] = s;
+        /* x / s: the division's fast form with the row's reciprocal (uniform over the block) */
+        const bool quick = sdnq_row_div_quick(s);
+        const float rs = __frcp_rn(s);
+        const auto store = [&](auto QUICK) {
 #pragma unroll
-        for (int i = 0; i < V; i++) {
-            const int64_t j = tid + (int64_t)i * QROW_THREADS;
-            if (j >= nv) continue;
-            const uint32_t w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
-            uint32_t b[8];
+            for (int i = 0; i < V; i++) {
+                const int j = tid + i * nthr;
+                if (j >= nv) continue;
+                const uint32_t w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
+                float qv[8];
 #pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const uint16_t h = (uint16_t)(w[k / 2] >> (16 * (k % 2)));
-                const float xv = XDT == SDNQ_DT_BF16 ? sdnq_bf16_to_f32(h) : sdnq_f16_to_f32(h);
-                const float qv = s > 0.0f ? __fdiv_rn(xv, s) : 0.0f;
-                b[k] = QDT == SDNQ_DT_I8 ? q8_byte(qv) : q8_fp8(qv);
+                for (int k = 0; k < 8; k++) {
+                    const float xv = x16_to_f32<XDT>((w[k / 2] >> (16 * (k % 2))) & 0xFFFFu);
+                    qv[k] = decltype(QUICK)::value ? sdnq_row_div(xv, s, rs) : s > 0.0f ? __fdiv_rn(xv, s) : 0.0f;
+                }
+                *((uint2 *)((uint8_t *)q + r * cols) + j) = q8_pack<QDT>(qv);
             }
-            uint2 o;
-            o.x = b[0] | (b[1] << 8) | (b[2] << 16) | (b[3] << 24);
-            o.y = b[4] | (b[5] << 8) | (b[6] << 16) | (b[7] << 24);
-            *((uint2 *)((uint8_t *)q + r * cols) + j) = o;
-        }
-        __syncthreads(); /* wmax and row_scale are reused by the next row */
+        };
+        if (quick) store(dt_const<1>{});
+        else store(dt_const<0>{});
+        if (nwarps > 1) __syncthreads(); /* wmax is reused by the next row */
     }
 }
 
-/* 8 consecutive columns per thread: 16/32-byte loads of acc, one 16-byte store (32 for fp32) */
+/*
+ * scale_epilogue_vec_kernel<ACC, ODT> (N % 8 == 0): 8 consecutive columns per thread, whose
+ * weight scales and bias it loads once and keeps in registers over all its rows; EPI_ROWS rows per
+ * step, their 32-byte loads of acc (and the token scales) issued together before any is used, one
+ * 16-byte store per row (32 for fp32). Blocks of EPI_VEC_THREADS threads side by side along the
+ * columns (grid x), row steps on grid y.
+ */
+constexpr int EPI_VEC_THREADS = 128;
+constexpr int EPI_ROWS = 4;
+
 template <int ACC, int ODT>
-__global__ void __launch_bounds__(EPI_THREADS)
+__global__ void __launch_bounds__(EPI_VEC_THREADS)
     scale_epilogue_vec_kernel(const void *acc, int64_t M, int64_t N, const float *a_scale, const void *b_scale,
                               int32_t b_scale_dtype, int64_t b_scale_stride, const void *bias, void *out) {
     const int64_t n8 = N / 8;
-    for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
-        const float sa = __ldg(a_scale + m);
-        for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n8; j += (int64_t)gridDim.x * blockDim.x) {
-            const int64_t e = m * N + 8 * j;
-            const uint4 *src = (const uint4 *)((const uint32_t *)acc + e);
-            const uint4 u0 = __ldg(src), u1 = __ldg(src + 1);
-            const uint32_t a[8] = {u0.x, u0.y, u0.z, u0.w, u1.x, u1.y, u1.z, u1.w};
-            float r[8];
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < n8; j += (int64_t)gridDim.x * blockDim.x) {
+        float sb[8], bb[8];
 #pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const float v = ACC == SDNQ_DT_I32 ? (float)(int32_t)a[k] : __uint_as_float(a[k]);
-                const int64_t n = 8 * j + k;
-                r[k] = __fmul_rn(__fmul_rn(v, sa), sdnq_load_float(b_scale, n * b_scale_stride, b_scale_dtype));
-                if (bias != NULL) r[k] = __fadd_rn(r[k], sdnq_load_float(bias, n, ODT));
+        for (int k = 0; k < 8; k++) {
+            sb[k] = sdnq_load_float(b_scale, (8 * j + k) * b_scale_stride, b_scale_dtype);
+            bb[k] = bias != NULL ? sdnq_load_float(bias, 8 * j + k, ODT) : 0.0f;
+        }
+        for (int64_t m0 = (int64_t)blockIdx.y * EPI_ROWS; m0 < M; m0 += (int64_t)gridDim.y * EPI_ROWS) {
+            uint4 u[EPI_ROWS][2];
+            float sa[EPI_ROWS];
+#pragma unroll
+            for (int i = 0; i < EPI_ROWS; i++) {
+                u[i][0] = u[i][1] = make_uint4(0, 0, 0, 0);
+                sa[i] = 0.0f;
+                if (m0 + i < M) {
+                    const uint4 *src = (const uint4 *)((const uint32_t *)acc + (m0 + i) * N + 8 * j);
+                    u[i][0] = __ldg(src);
+                    u[i][1] = __ldg(src + 1);
+                    sa[i] = __ldg(a_scale + m0 + i);
+                }
             }
-            store_unit<ODT>(out, e, r);
+#pragma unroll
+            for (int i = 0; i < EPI_ROWS; i++) {
+                if (m0 + i >= M) break;
+                const uint32_t a[8] = {u[i][0].x, u[i][0].y, u[i][0].z, u[i][0].w,
+                                       u[i][1].x, u[i][1].y, u[i][1].z, u[i][1].w};
+                float r[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const float v = ACC == SDNQ_DT_I32 ? (float)(int32_t)a[k] : __uint_as_float(a[k]);
+                    r[k] = __fmul_rn(__fmul_rn(v, sa[i]), sb[k]);
+                    if (bias != NULL) r[k] = __fadd_rn(r[k], bb[k]);
+                }
+                store_unit<ODT>(out, (m0 + i) * N + 8 * j, r);
+            }
         }
     }
 }

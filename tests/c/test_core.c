@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codec.h"
 #include "sdnq/sdnq.h"
 
 /* ------------------------------------------------------------------------ */
@@ -334,6 +335,55 @@ static void test_floatx(void) {
         CHECK_ST(sdnq_encode_ref(enc[k].type, &enc[k].value, 1, &c), SDNQ_OK);
         CHECK_EQ(c, enc[k].code);
     }
+}
+
+/* ======================================================================== */
+/* division by a row-quantization scale                                      */
+
+/* sdnq_row_div (the CUDA row quantizer's x / s) against the division, on every finite bf16 and
+ * fp16 x up to the row's amax, for 2 x 200 amax values (powers of two, the formats' largest and
+ * random mantissas over their exponent ranges) and both qmax (127, 448): the quotient's bits where
+ * |x / s| >= 2^-11 or x is +-0, the int8 and e4m3 codes everywhere. */
+static void test_row_division(void) {
+    uint32_t lcg = 12345u;
+    for (int fmt = 0; fmt < 2; fmt++) {
+        long mismatched = 0, code_diff = 0, quick_rows = 0;
+        const uint32_t maxpat = fmt == 0 ? 0x7F7Fu : 0x7BFFu; /* largest finite positive pattern */
+        for (int a = 0; a < 200; a++) {
+            uint32_t pat;
+            if (a == 0) pat = maxpat;
+            else if (a < 20) pat = fmt == 0 ? (uint32_t)(127 - 60 + 6 * a) << 7 : (uint32_t)(a + 5) << 10; /* 2^k */
+            else {
+                lcg = lcg * 1664525u + 1013904223u;
+                pat = (lcg >> 8) % (maxpat + 1);
+            }
+            const float amax = fmt == 0 ? sdnq_bf16_to_f32((uint16_t)pat) : sdnq_f16_to_f32((uint16_t)pat);
+            for (int qi = 0; qi < 2; qi++) {
+                const float s = amax / (qi ? 448.0f : 127.0f);
+                if (!sdnq_row_div_quick(s)) continue;
+                quick_rows++;
+                const float r = 1.0f / s;
+                for (uint32_t h = 0; h <= 0xFFFFu; h++) {
+                    const float x = fmt == 0 ? sdnq_bf16_to_f32((uint16_t)h) : sdnq_f16_to_f32((uint16_t)h);
+                    if (!(fabsf(x) <= amax)) continue; /* NaN, inf, beyond the row's amax */
+                    const float q = sdnq_row_div(x, s, r), want = x / s;
+                    if ((fabsf(want) >= 0x1p-11f || want == 0.0f) && fbits(q) != fbits(want) && mismatched++ == 0)
+                        fprintf(stderr, "row_div %a / %a: %a, want %a\n", x, s, q, want);
+                    const float qc = fminf(fmaxf(q, -448.0f), 448.0f), wc = fminf(fmaxf(want, -448.0f), 448.0f);
+                    if (rintf(fminf(fmaxf(q, -128.0f), 127.0f)) != rintf(fminf(fmaxf(want, -128.0f), 127.0f)) ||
+                        sdnq_f32_to_fp8(qc, SDNQ_DT_F8_E4M3FN) != sdnq_f32_to_fp8(wc, SDNQ_DT_F8_E4M3FN))
+                        code_diff++;
+                }
+            }
+        }
+        CTX("row division, %s x", fmt == 0 ? "bf16" : "fp16");
+        CHECK(quick_rows >= 300); /* the quick form covers all but bf16's tiny scales (amax < 2^-83) */
+        CHECK_EQ(mismatched, 0);
+        CHECK_EQ(code_diff, 0);
+    }
+    /* outside [2^-90, 2^120] the kernels divide: tiny rows, infinite amax */
+    CHECK(!sdnq_row_div_quick(1e-30f) && !sdnq_row_div_quick(INFINITY) && !sdnq_row_div_quick(0.0f));
+    CHECK(!sdnq_row_div_quick(NAN) && sdnq_row_div_quick(1.0f / 127.0f));
 }
 
 /* ======================================================================== */
@@ -1011,7 +1061,7 @@ static void test_size_overflow_regressions(void) {
 
 int main(void) {
     static void (*const tests[])(void) = {
-        test_table, test_packing, test_floatx, test_convert, test_dequant_hand, test_quant_hand, test_linalg_hand,
+        test_table, test_packing, test_floatx, test_row_division, test_convert, test_dequant_hand, test_quant_hand, test_linalg_hand,
         test_errors_codes, test_errors_dequant, test_errors_quant_linalg, test_fast_vs_ref_pack,
         test_fast_vs_ref_dequant, test_fast_vs_ref_quant, test_fast_vs_ref_linalg,
         test_size_overflow_regressions};
