@@ -32,7 +32,8 @@ graph and replayed (GPU time only, no host overhead). And `--profile` (on with -
 CUDA kernels of every path at the largest M of the last shape, from torch.profiler (per-kernel
 microseconds per call: where the time goes). Ratios are t_bf16 / t_path (> 1: faster than bf16), summed over shapes
 like the performance anchors, and per shape in the JSON. Also: dequantization bandwidth
-(compressed bytes read + bf16 bytes written per second, and % of a measured device-to-device copy),
+(compressed bytes read + bf16 bytes written per second, and % of a measured device-to-device copy), the
+W8A8 paths' elementwise kernels (row quantization of x, the int32 epilogue) with theirs,
 bytes per weight (codes + scales + zero points + SVD factors), the path each comfy_sdnq call ran,
 and rel_err = ||y - y_bf16|| / ||y_bf16|| of every path at M <= 1024.
 
@@ -301,6 +302,7 @@ def bench_linear(args, timer, results):
                     ok = kernels.lt_matmul(a8, b8, False, od, **extra) is not None
                     ms = timer(lambda: kernels.lt_matmul(a8, b8, False, od, **extra)) if ok else float("nan")
                     results["ceilings"].append(dict(path=kind, N=N, K=K, M=M, ms=ms, vs_bf16=bf16[(N, K, M)] / ms))
+                w8a8_kernels(timer, results, x, N, sa, b)
         torch.cuda.empty_cache()
     results["bf16"] = [dict(N=N, K=K, M=M, ms=ms, tflops=2 * M * N * K / (ms * 1e-3) / 1e12)
                        for (N, K, M), ms in bf16.items()]
@@ -359,6 +361,24 @@ def bench_linear(args, timer, results):
                 results["linear"].append(row)
                 print(fmt_row(row), flush=True)
             torch.cuda.empty_cache()
+
+
+def w8a8_kernels(timer, results, x, N, a_scale, bias):
+    """the W8A8 paths' elementwise kernels on x [M, K]: row quantization (int8, fp8; reads x, writes
+    the codes and M scales) and the int32 epilogue into bf16 [M, N] (reads int32, writes bf16), with
+    their bandwidth against the 1 GiB copy"""
+    M, K = x.shape
+    acc = torch.randint(-50000, 50000, (M, N), device=DEV, dtype=torch.int32)
+    b_scale = (torch.rand(N, device=DEV) * 0.01).to(BF16)
+    row = dict(N=N, K=K, M=M)
+    for kind in ("int8", "fp8"):
+        ms = timer(lambda k=kind: kernels.quantize_rows(x, k))
+        row[f"quantize_{kind}_ms"] = ms
+        row[f"quantize_{kind}_pct_copy"] = 100 * M * (3 * K + 4) / (ms * 1e-3) / 1e9 / results["copy_GBps"]
+    ms = timer(lambda: kernels.scale_epilogue(acc, a_scale, b_scale, bias, BF16))
+    row["epilogue_ms"] = ms
+    row["epilogue_pct_copy"] = 100 * M * N * 6 / (ms * 1e-3) / 1e9 / results["copy_GBps"]
+    results["w8a8_bw"].append(row)
 
 
 def measure(row, name, fn, timer, ref):
@@ -497,6 +517,17 @@ def markdown(results, summary) -> str:
                   "|---|---|---|---|"]
         for r in results["ceilings"]:
             lines.append(f"| {r['path']} | {r['N']}x{r['K']} | {r['M']} | {r['vs_bf16']:.2f} |")
+    if results.get("w8a8_bw"):
+        lines += ["", "## W8A8 elementwise kernels", "",
+                  "row quantization of x [M, K] (reads 2, writes 1 byte per value) and the int32 epilogue into bf16 "
+                  "[M, N] (reads 4, writes 2): microseconds and % of the 1 GiB copy's bandwidth", "",
+                  "| N x K | M | quantize int8 us | % | quantize fp8 us | % | epilogue us | % |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in results["w8a8_bw"]:
+            lines.append(f"| {r['N']}x{r['K']} | {r['M']} | {r['quantize_int8_ms'] * 1e3:.1f} | "
+                         f"{r['quantize_int8_pct_copy']:.0f}% | {r['quantize_fp8_ms'] * 1e3:.1f} | "
+                         f"{r['quantize_fp8_pct_copy']:.0f}% | {r['epilogue_ms'] * 1e3:.1f} | "
+                         f"{r['epilogue_pct_copy']:.0f}% |")
     if results.get("small_m"):
         lines += ["", "## small M: where the time goes", "",
                   "event = CUDA events around the call (as above, host overhead included where the GPU waits for "
@@ -635,7 +666,7 @@ def main():
                    comfy_sdnq_cuda=kernels.cuda_backend(), date=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
                    command="python " + " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
                    reps=args.reps, warmup=args.warmup, sms=torch.cuda.get_device_properties(0).multi_processor_count,
-                   linear=[], layers=[], dequant_bw=[], ceilings=[], small_m=[], profile=[])
+                   linear=[], layers=[], dequant_bw=[], ceilings=[], w8a8_bw=[], small_m=[], profile=[])
     print(f"bench_gpu: {results['device']}, torch {results['torch']}, sdnq {results['sdnq']}, "
           f"comfy_sdnq CUDA backend: {results['comfy_sdnq_cuda']}", flush=True)
     results["copy_GBps"] = copy_bandwidth(timer)
