@@ -21,6 +21,7 @@ Then, for M tokens in 1, 16, 256, 1024, 4608, 16384 (x [M, K] bf16, bias on), th
   gemv            comfy_sdnq: fused small-M kernel (M <= 16)
   w8a8_int8       comfy_sdnq: int8 activations x int8 weights, cuBLASLt (int8 weights, and uint8 re-quantized)
   w8a8_fp8        comfy_sdnq: the same in fp8 e4m3 (fp8 weights, and int8 re-quantized)
+  w8a8_fp8_fast   comfy_sdnq: w8a8_fp8 with cuBLASLt's fast fp8 accumulation (fp8 weights)
   w4a8            comfy_sdnq: 4-bit weights re-quantized per row to int8 on the fly, then as w8a8_int8
   lt_int8/lt_fp8  bare cuBLASLt GEMM on random int8 / fp8 operands: the ceiling of the W8A8 paths
 
@@ -92,7 +93,7 @@ CONFIGS = {
 QUICK = dict(shapes=[(3072, 3072), (3072, 12288)], tokens=[1, 16, 1024, 4608],
              configs=["int8", "float8_e4m3fn", "uint4+svd32", "int5"])
 # comfy_sdnq W8A8-style paths per dtype (M > 16)
-W8A8_PATHS = {"int8": ["w8a8_int8", "w8a8_fp8"], "uint8": ["w8a8_int8"], "float8_e4m3fn": ["w8a8_fp8"],
+W8A8_PATHS = {"int8": ["w8a8_int8", "w8a8_fp8"], "uint8": ["w8a8_int8"], "float8_e4m3fn": ["w8a8_fp8", "w8a8_fp8_fast"],
               "uint4+svd32": ["w4a8"], "uint4-g128": ["w4a8"], "int4": ["w4a8"]}
 COMPILED_SHAPES = [(3072, 3072), (3072, 12288)]
 COMPILED_CONFIGS = ["int8", "float8_e4m3fn", "uint4+svd32"]

@@ -19,6 +19,9 @@ The linear op on CUDA tensors (linear_cuda) picks one of:
                  GEMM, scale epilogue
     "w8a8_fp8"   COMFY_SDNQ_W8A8=fp8, float8_e4m3fn weights: the same in fp8 (scales and bias
                  applied by cuBLASLt where it can)
+    "w8a8_fp8_fast"  COMFY_SDNQ_W8A8=fp8-fast: w8a8_fp8 with cuBLASLt's fast fp8 accumulation
+                 (the tensor cores' partial sums are not promoted to fp32 as often: faster on
+                 Hopper, less accurate over long K; sdnq accumulates in full precision)
     "w4a8"       COMFY_SDNQ_W4A8=1, 4-bit integer weights: re-quantized per row to int8 on the
                  fly (dequantize with the SVD folded in, quantize_rows), then as w8a8_int8
     "dequant"    otherwise: dequantize into a scratch weight (with the SVD correction fused into
@@ -110,9 +113,11 @@ def linear_impl(x, codes, scale, zero_point, svd_up, svd_down, bias, wtype, view
 # CUDA
 
 
-PATHS = ("gemv", "dequant", "w8a8_int8", "w8a8_fp8", "w4a8")
-# (device, output dtype, bias) whose cuBLASLt refused outer-vector fp8 scaling: one refused
-# combination (e.g. fp32 output with a bias, which it never takes) leaves the others fused
+PATHS = ("gemv", "dequant", "w8a8_int8", "w8a8_fp8", "w8a8_fp8_fast", "w4a8")
+W8A8_PATHS = ("w8a8_int8", "w8a8_fp8", "w8a8_fp8_fast", "w4a8")
+# (device, output dtype, bias, fast accumulation) whose cuBLASLt refused outer-vector fp8
+# scaling: one refused combination (e.g. fp32 output with a bias, which it never takes) leaves
+# the others fused
 _FP8_FUSED_REFUSED: set = set()
 
 
@@ -125,8 +130,8 @@ def _env_path(t, transposed: bool, codebook: bool) -> str | None:
         mode = os.environ.get("COMFY_SDNQ_W8A8", "").lower()
         if mode == "int8" and t.name == "int8":
             return "w8a8_int8"
-        if mode == "fp8" and t.name == "float8_e4m3fn":
-            return "w8a8_fp8"
+        if mode in ("fp8", "fp8-fast") and t.name == "float8_e4m3fn":
+            return "w8a8_fp8" if mode == "fp8" else "w8a8_fp8_fast"
         return None
     if t.is_integer and t.bits == 4 and not transposed and os.environ.get("COMFY_SDNQ_W4A8", "") not in ("", "0"):
         return "w4a8"
@@ -152,7 +157,8 @@ def _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path, s
     svd (up, down): folded into a re-quantized weight, which then includes it; else the caller adds
     it. Returns (y or None, whether svd was folded)."""
     transposed, codebook = bool(flags & FLAG_TRANSPOSED), bool(flags & FLAG_CODEBOOK)
-    kind = "fp8" if path == "w8a8_fp8" else "int8"
+    kind = "fp8" if path in ("w8a8_fp8", "w8a8_fp8_fast") else "int8"
+    fast = path == "w8a8_fp8_fast"
     direct = _row_scaled_weight(t, codes, scale, zero_point, view, out_shape, transposed, codebook)
     folded = False
     if direct is not None and (t.name == "int8") == (kind == "int8"):
@@ -166,14 +172,14 @@ def _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path, s
         b_kn = False
     q, xs = kernels.quantize_rows(x2, kind)
     if kind == "fp8":
-        fused = (x2.device.index, x2.dtype, bias is not None)
+        fused = (x2.device.index, x2.dtype, bias is not None, fast)
         if fused not in _FP8_FUSED_REFUSED:
             y = kernels.lt_matmul(q, b, b_kn, x2.dtype, a_scale=xs, b_scale=b_scale.to(torch.float32).contiguous(),
-                                  bias=None if bias is None else bias.to(x2.dtype).contiguous())
+                                  bias=None if bias is None else bias.to(x2.dtype).contiguous(), fast_accum=fast)
             if y is not None:
                 return y, folded
             _FP8_FUSED_REFUSED.add(fused)
-        acc = kernels.lt_matmul(q, b, b_kn, torch.float32)
+        acc = kernels.lt_matmul(q, b, b_kn, torch.float32, fast_accum=fast)
     else:
         acc = kernels.lt_matmul(q, b, b_kn, torch.int32)
     if acc is None:
@@ -211,7 +217,7 @@ def linear_cuda(x, codes, scale, zero_point, svd_up, svd_down, bias, wtype, view
         y = kernels.gemv(t, codes, scale, zero_point, view, x2, bias, n_out, up, down)
         if y is not None:
             return y.reshape(*lead, n_out), path
-    elif path in ("w8a8_int8", "w8a8_fp8", "w4a8") and M > 0:
+    elif path in W8A8_PATHS and M > 0:
         y, folded = _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path,
                           None if up is None else (up, down))
         if folded:

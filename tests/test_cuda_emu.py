@@ -209,7 +209,7 @@ def test_emu_linear_op(emu, M, case):
 
 
 @pytest.mark.parametrize("path,name,tol", [("w8a8_int8", "int8", 0.03), ("w8a8_fp8", "float8_e4m3fn", 0.08),
-                                           ("w4a8", "uint4", 0.03)])
+                                           ("w8a8_fp8_fast", "float8_e4m3fn", 0.08), ("w4a8", "uint4", 0.03)])
 def test_emu_w8a8(emu, path, name, tol):
     T.test_w8a8(path, name, tol, 33)
 

@@ -222,6 +222,8 @@ def test_env_paths(monkeypatch):
     assert ops._env_path(int8, False, True) is None and ops._env_path(fp8, False, False) is None
     monkeypatch.setenv("COMFY_SDNQ_W8A8", "fp8")
     assert ops._env_path(fp8, False, False) == "w8a8_fp8" and ops._env_path(int8, False, False) is None
+    monkeypatch.setenv("COMFY_SDNQ_W8A8", "fp8-fast")
+    assert ops._env_path(fp8, False, False) == "w8a8_fp8_fast" and ops._env_path(int8, False, False) is None
     monkeypatch.setenv("COMFY_SDNQ_W4A8", "1")
     assert ops._env_path(uint4, False, False) == "w4a8" and ops._env_path(uint4, False, True) == "w4a8"
     assert ops._env_path(uint4, True, False) is None and ops._env_path(int5, False, False) is None
