@@ -668,19 +668,21 @@ def test_lt_matmul_scaled():
 
 def test_fp8_fused_refusal_is_per_output_dtype():
     """cuBLASLt never takes a bias with fp32 output: that refusal falls back to the epilogue for
-    fp32 calls only, and later bf16 calls with a bias keep the fused scales"""
+    fp32 calls only, and later bf16 calls with a bias keep the fused scales; the fast-accumulation
+    path keeps its own record"""
     gen = torch.Generator().manual_seed(3)
     L = make_linear("float8_e4m3fn", 96, 256, -1, gen)
     bias = (torch.randn(96, generator=gen) * 0.1).to(DEV)
     dev = torch.device(DEV).index if torch.device(DEV).index is not None else torch.cuda.current_device()
-    ops._FP8_FUSED_REFUSED.discard((dev, BF16, True))
-    for dt in (F32, BF16):
-        x = torch.randn(24, 256, generator=gen).to(dt).to(DEV)
-        y, ran = ops.linear_cuda(x, bias=bias.to(dt), path="w8a8_fp8", **L)
-        assert ran == "w8a8_fp8" and y.dtype == dt
-        assert rel_err(y, dense_reference(x, L, bias.to(dt))) < 0.08
-    assert (dev, F32, True) in ops._FP8_FUSED_REFUSED
-    assert (dev, BF16, True) not in ops._FP8_FUSED_REFUSED
+    for path, fast in (("w8a8_fp8", False), ("w8a8_fp8_fast", True)):
+        ops._FP8_FUSED_REFUSED.discard((dev, BF16, True, fast))
+        for dt in (F32, BF16):
+            x = torch.randn(24, 256, generator=gen).to(dt).to(DEV)
+            y, ran = ops.linear_cuda(x, bias=bias.to(dt), path=path, **L)
+            assert ran == path and y.dtype == dt
+            assert rel_err(y, dense_reference(x, L, bias.to(dt))) < 0.08
+        assert (dev, F32, True, fast) in ops._FP8_FUSED_REFUSED
+        assert (dev, BF16, True, fast) not in ops._FP8_FUSED_REFUSED
 
 
 @pytest.mark.parametrize("n", [96, 1040, 45])
