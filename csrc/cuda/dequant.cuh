@@ -41,7 +41,7 @@
  *   codes.
  *
  * dequant_svd_kernel<BITS, ODT, SDT> - the same elementwise stage with the SVD
- *   correction (up @ down) added before the output rounding, on 32 x 128
+ *   correction (up @ down) added before the output rounding, on 64 x 128
  *   tiles, the rank product on the tensor cores (see below).
  *
  * dequant_general_kernel - everything else (codebooks, strided or transposed
@@ -291,9 +291,9 @@ __global__ void __launch_bounds__(FLAT_THREADS, 4) dequant_grouped_kernel(const 
 /* ------------------------------------------------------------------------ */
 /* dequantization with the SVD correction fused: w = round(round_mid(elementwise) + up @ down) */
 
-constexpr int SVDQ_TR = 32, SVDQ_TC = 128; /* tile rows, columns                                 */
+constexpr int SVDQ_TR = 64, SVDQ_TC = 128; /* tile rows, columns                                 */
 constexpr int SVDQ_RANK = 32;              /* the largest rank fused (one k32 step pair per tile) */
-constexpr int SVDQ_THREADS = 256;          /* 8 warps: 2 bands of 16 rows x 4 groups of 32 columns */
+constexpr int SVDQ_THREADS = 256;          /* 8 warps: 4 bands of 16 rows x 2 groups of 64 columns */
 constexpr int SVDQ_BLOCKS_PER_SM = 2;      /* the grid: one wave                                   */
 
 struct SvdDequantArgs {
@@ -314,23 +314,24 @@ struct SvdDequantArgs {
 };
 
 /*
- * The fragment layout. A warp computes the correction of 16 rows x 32 columns with m16n8k16
- * MMAs whose k index (the rank) and n index (the column) are permuted so that each lane's
- * accumulators are whole units: lane (g, t) = (lane / 4, lane % 4) holds rows g and g + 8 of
- * the band at columns 8t .. 8t+8 of the warp's group, exactly the two units it dequantizes, so
- * the correction never leaves registers. In the MMA's own indices, logical column n of n8-tile j
+ * The fragment layout. A warp computes the correction of 16 rows x 64 columns, two halves of 32
+ * columns, with m16n8k16 MMAs whose k index (the rank) and n index (the column) are permuted so
+ * that each lane's accumulators are whole units: lane (g, t) = (lane / 4, lane % 4) holds rows g
+ * and g + 8 of the band at columns 8t .. 8t+8 of each half, exactly the four units it
+ * dequantizes, so the correction never leaves registers (both halves share the A fragments: the
+ * same up rows). In the MMA's own indices, logical column n of n8-tile j
  * is column 8(n/2) + 2j + n%2, and logical rank 16s + 8h + 2t + e (k-step s, half h) is rank
  * 8t + 4s + 2h + e: the A fragment of a lane is then up[row][8t .. 8t+8] (one 16-byte load per
  * row), its B fragment dsT[column][8t .. 8t+8] (one 16-byte shared load per n8-tile).
  */
 
-/* what one lane loads for one tile: its two units (rows g, g+8) with their scales (zero points)
- * and up rows */
+/* what one lane loads for one tile: its four units (unit 2h + i: row g + 8i, half h) with their
+ * scales (zero points), and the two up rows */
 template <int BITS> struct SvdUnits {
-    UnitWords<BITS> b[2];
-    float s[2], z[2];
-    uint4 up[2]; /* up[row][8t .. 8t+8], zero past the rank */
-    bool ok[2];  /* the unit lies in the weight */
+    UnitWords<BITS> b[4];
+    float s[4], z[4];
+    uint4 up[2]; /* up[row g + 8i][8t .. 8t+8], zero past the rank */
+    bool ok[4];  /* the unit lies in the weight */
 };
 
 /* up[row][k0 .. k0+8] as 8 packed 16-bit values, zero past the rank; ro = row * us0 */
@@ -381,22 +382,28 @@ template <int BITS> __device__ __forceinline__ SvdCursor svdq_down(const SvdDequ
     return k;
 }
 
-/* issue the loads of the tile the cursor is at (no waiting); the rows g + 8 are 8 rows on */
+/* issue the loads of the tile the cursors are at (no waiting): k at the lane's first half, k2 at
+ * its second (32 columns on); the rows g + 8 are 8 rows on */
 template <int BITS, int SDT>
-__device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, const SvdCursor &k, int t, SvdUnits<BITS> &U) {
+__device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, const SvdCursor &k, const SvdCursor &k2, int t,
+                                          SvdUnits<BITS> &U) {
     const uint32_t rows = (uint32_t)a.rows, cols = (uint32_t)a.cols;
 #pragma unroll
     for (int i = 0; i < 2; i++) {
-        const SvdCursor ki = i == 0 ? k : svdq_down<BITS>(a, k, 1);
-        U.ok[i] = ki.r < rows && ki.c < cols;
-        U.s[i] = U.z[i] = 0.0f;
-        U.up[i] = make_uint4(0, 0, 0, 0);
-        if (U.ok[i]) { /* red % 8 == 0: one group per unit */
-            load_unit_words<BITS>((const uint8_t *)a.d.codes + ki.co, U.b[i]);
-            U.s[i] = ld_float<SDT>(a.d.scale, ki.so);
-            if (a.d.asym) U.z[i] = ld_float<SDT>(a.d.zp, ki.zo);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const SvdCursor &kh = h == 0 ? k : k2;
+            const SvdCursor ki = i == 0 ? kh : svdq_down<BITS>(a, kh, 1);
+            const int u = 2 * h + i;
+            U.ok[u] = ki.r < rows && ki.c < cols;
+            U.s[u] = U.z[u] = 0.0f;
+            if (U.ok[u]) { /* red % 8 == 0: one group per unit */
+                load_unit_words<BITS>((const uint8_t *)a.d.codes + ki.co, U.b[u]);
+                U.s[u] = ld_float<SDT>(a.d.scale, ki.so);
+                if (a.d.asym) U.z[u] = ld_float<SDT>(a.d.zp, ki.zo);
+            }
+            if (h == 0) U.up[i] = ki.r < rows ? svdq_up8(a, ki.uo, 8 * t) : make_uint4(0, 0, 0, 0);
         }
-        if (ki.r < rows) U.up[i] = svdq_up8(a, ki.uo, 8 * t);
     }
 }
 
@@ -430,12 +437,12 @@ __device__ __forceinline__ void svdq_stage_down(const SvdDequantArgs &a, uint16_
 }
 
 /*
- * dequant_svd_kernel<BITS, ODT, SDT>: the weight is cut into 32 x 128 tiles, ordered strip by
+ * dequant_svd_kernel<BITS, ODT, SDT>: the weight is cut into 64 x 128 tiles, ordered strip by
  * strip (128 columns each, top to bottom); a grid of one wave of blocks takes equal contiguous
  * ranges of that order. A block stages its strip's down columns in shared memory when its range
- * enters the strip (the only barriers); each lane keeps the loads of the next two tiles in flight
- * (codes, scales, zero points, up rows: registers) while it works on the current one: 8 MMAs
- * (m16n8k16, fp32 accumulation) give the correction of its two units in its accumulators (the
+ * enters the strip (the only barriers); each lane keeps the loads of the next tile in flight
+ * (codes, scales, zero points, up rows: registers) while it works on the current one: 16 MMAs
+ * (m16n8k16, fp32 accumulation) give the correction of its four units in its accumulators (the
  * fragment layout above), each unit is dequantized (one fma per code, scale_unrounded_small),
  * rounded to the scale dtype and the output dtype two values per conversion (sdnq's
  * elementwise stage, in the SVD factors' dtype = the output dtype), the correction added in
@@ -449,31 +456,37 @@ __global__ void __launch_bounds__(SVDQ_THREADS, SVDQ_BLOCKS_PER_SM) dequant_svd_
     build_lut(lut, a.d.t, SDT); /* the first strip's barrier publishes it */
 
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
-    const int rr = 16 * (warp / 4) + g, wc = 32 * (warp % 4), cc = wc + 8 * t;
+    const int rr = 16 * (warp / 2) + g, wc = 64 * (warp % 2), cc = wc + 8 * t;
     const int64_t rtiles = (a.rows + SVDQ_TR - 1) / SVDQ_TR, total = rtiles * a.strips;
     const int64_t t0 = (int64_t)blockIdx.x * total / gridDim.x, t1 = ((int64_t)blockIdx.x + 1) * total / gridDim.x;
     const bool asym = a.d.asym != 0;
     int64_t staged = -1; /* the strip whose down columns dsT holds */
 
-    /* (row tile, strip) of the current tile and of the one two ahead, stepped without divisions;
-     * the cursor k is at the one two ahead (ar, as) */
+    /* (row tile, strip) of the current tile and of the next, stepped without divisions; the
+     * cursors k, k2 (the lane's two halves) are at the next one (ar, as) */
     uint32_t cr = (uint32_t)(t0 % rtiles), cs = (uint32_t)(t0 / rtiles);
     uint32_t ar = cr, as = cs;
     const auto step = [&](uint32_t &r, uint32_t &s) {
         if (++r == (uint32_t)rtiles) r = 0, s++;
     };
-    SvdCursor k;
-    svdq_seek<BITS>(a, ar * SVDQ_TR + rr, as * SVDQ_TC + cc, k);
-    const auto step_load = [&]() { /* the load position to the next tile, the cursor with it */
+    SvdCursor k, k2;
+    const auto seek = [&]() {
+        svdq_seek<BITS>(a, ar * SVDQ_TR + rr, as * SVDQ_TC + cc, k);
+        svdq_seek<BITS>(a, ar * SVDQ_TR + rr, as * SVDQ_TC + cc + 32, k2);
+    };
+    seek();
+    const auto step_load = [&]() { /* the load position to the next tile, the cursors with it */
         const uint32_t s0 = as;
         step(ar, as);
-        if (as == s0) k = svdq_down<BITS>(a, k, SVDQ_TR / 8);
-        else svdq_seek<BITS>(a, ar * SVDQ_TR + rr, as * SVDQ_TC + cc, k);
+        if (as == s0) {
+            k = svdq_down<BITS>(a, k, SVDQ_TR / 8);
+            k2 = svdq_down<BITS>(a, k2, SVDQ_TR / 8);
+        } else {
+            seek();
+        }
     };
-    SvdUnits<BITS> cur, nxt, nxt2;
-    if (t0 < t1) svdq_load<BITS, SDT>(a, k, t, cur);
-    step_load();
-    if (t0 + 1 < t1) svdq_load<BITS, SDT>(a, k, t, nxt);
+    SvdUnits<BITS> cur, nxt;
+    if (t0 < t1) svdq_load<BITS, SDT>(a, k, k2, t, cur);
     step_load();
     for (int64_t tile = t0; tile < t1; tile++) {
         const uint32_t r0 = cr * SVDQ_TR, c0 = cs * SVDQ_TC;
@@ -483,38 +496,42 @@ __global__ void __launch_bounds__(SVDQ_THREADS, SVDQ_BLOCKS_PER_SM) dequant_svd_
             __syncthreads();
             staged = cs;
         }
-        if (tile + 2 < t1) svdq_load<BITS, SDT>(a, k, t, nxt2);
+        if (tile + 1 < t1) svdq_load<BITS, SDT>(a, k, k2, t, nxt);
         step_load();
         step(cr, cs);
-        /* acc[j] = the correction at rows g, g+8 and columns cc + 2j, cc + 2j + 1 */
-        float acc[4][4] = {};
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const uint4 bv = *(const uint4 *)(dsT + (wc + 8 * (g >> 1) + 2 * j + (g & 1)) * SVDQ_RANK + 8 * t);
-            mma16816<ODT>(acc[j], cur.up[0].x, cur.up[1].x, cur.up[0].y, cur.up[1].y, bv.x, bv.y);
-            mma16816<ODT>(acc[j], cur.up[0].z, cur.up[1].z, cur.up[0].w, cur.up[1].w, bv.z, bv.w);
-        }
+        for (int h = 0; h < 2; h++) { /* the halves one after the other: 16 accumulators live */
+            /* acc[j] = the correction at rows g, g+8 and columns cc + 32h + 2j, + 1 */
+            float acc[4][4] = {};
 #pragma unroll
-        for (int i = 0; i < 2; i++) {
-            if (!cur.ok[i]) continue;
-            float r[UNIT];
-            lut_unit_values<BITS>(lut, cur.b[i], r);
-            if (asym) {
-#pragma unroll
-                for (int k = 0; k < UNIT; k++) r[k] = scale_unrounded_small<SDT, true>(r[k], cur.s[i], cur.z[i]);
-            } else {
-#pragma unroll
-                for (int k = 0; k < UNIT; k++) r[k] = scale_unrounded_small<SDT, false>(r[k], cur.s[i], 0.0f);
+            for (int j = 0; j < 4; j++) {
+                const uint4 bv =
+                    *(const uint4 *)(dsT + (wc + 32 * h + 8 * (g >> 1) + 2 * j + (g & 1)) * SVDQ_RANK + 8 * t);
+                mma16816<ODT>(acc[j], cur.up[0].x, cur.up[1].x, cur.up[0].y, cur.up[1].y, bv.x, bv.y);
+                mma16816<ODT>(acc[j], cur.up[0].z, cur.up[1].z, cur.up[0].w, cur.up[1].w, bv.z, bv.w);
             }
-            /* round to SDT, then to ODT (once where they are the same or SDT is fp32) */
-            if constexpr (SDT != ODT && SDT != SDNQ_DT_F32) round_unit_hw<SDT>(r);
-            round_unit_hw<ODT>(r);
 #pragma unroll
-            for (int k = 0; k < UNIT; k++) r[k] = __fadd_rn(r[k], acc[k >> 1][2 * i + (k & 1)]);
-            store_unit<ODT>(a.d.out, (int64_t)((r0 + rr + 8 * i) * (uint32_t)a.cols + c0 + cc), r);
+            for (int i = 0; i < 2; i++) {
+                const int u = 2 * h + i;
+                if (!cur.ok[u]) continue;
+                float r[UNIT];
+                lut_unit_values<BITS>(lut, cur.b[u], r);
+                if (asym) {
+#pragma unroll
+                    for (int k = 0; k < UNIT; k++) r[k] = scale_unrounded_small<SDT, true>(r[k], cur.s[u], cur.z[u]);
+                } else {
+#pragma unroll
+                    for (int k = 0; k < UNIT; k++) r[k] = scale_unrounded_small<SDT, false>(r[k], cur.s[u], 0.0f);
+                }
+                /* round to SDT, then to ODT (once where they are the same or SDT is fp32) */
+                if constexpr (SDT != ODT && SDT != SDNQ_DT_F32) round_unit_hw<SDT>(r);
+                round_unit_hw<ODT>(r);
+#pragma unroll
+                for (int k = 0; k < UNIT; k++) r[k] = __fadd_rn(r[k], acc[k >> 1][2 * i + (k & 1)]);
+                store_unit<ODT>(a.d.out, (int64_t)((r0 + rr + 8 * i) * (uint32_t)a.cols + c0 + cc + 32 * h), r);
+            }
         }
         cur = nxt;
-        nxt = nxt2;
     }
 }
 
