@@ -173,8 +173,26 @@ template <int BITS> struct UnitWords {
     uint32_t w[(UB + 3) / 4];
 };
 
-template <int BITS> __device__ __forceinline__ void load_unit_words(const uint8_t *p, UnitWords<BITS> &u) {
+/* Units of 3, 5, 6 or 7 bytes lie at any byte: with `wide` (the caller's word that the 12 bytes
+ * from p on are codes; the codes start 4-byte aligned) the 2 or 3 aligned 32-bit words that
+ * cover the unit, funnel-shifted into place (2-3 loads instead of 3-7 byte loads; bytes past the
+ * unit stay in the last word, and unpacking reads the unit's own bytes only); else byte loads. */
+template <int BITS>
+__device__ __forceinline__ void load_unit_words(const uint8_t *p, UnitWords<BITS> &u, bool wide) {
     constexpr int UB = unit_geom<BITS>::bytes;
+    if constexpr (UB == 3 || UB == 5 || UB == 6 || UB == 7) {
+        if (wide) {
+            constexpr int NW = (UB + 6) / 4; /* words covering (p % 4) + UB <= UB + 3 bytes */
+            const uint32_t *wp = (const uint32_t *)((uintptr_t)p & ~(uintptr_t)3);
+            const uint32_t sh = 8u * (uint32_t)((uintptr_t)p & 3);
+            uint32_t raw[NW];
+#pragma unroll
+            for (int i = 0; i < NW; i++) raw[i] = __ldg(wp + i);
+#pragma unroll
+            for (int i = 0; i < (UB + 3) / 4; i++) u.w[i] = __funnelshift_r(raw[i], raw[i + 1], sh);
+            return;
+        }
+    }
     if constexpr (UB == 8) {
         const uint2 v = __ldg((const uint2 *)p);
         u.w[0] = v.x;
@@ -256,7 +274,7 @@ __device__ __forceinline__ void grouped_step(const DequantArgs &a, const float *
     for (int q = 0; q < UNROLL; q++) { /* every load first */
         const uint32_t u = base + q * nt + threadIdx.x;
         if (FULL || u < units) {
-            load_unit_words<BITS>((const uint8_t *)a.codes + (size_t)u * UB, w[q]);
+            load_unit_words<BITS>((const uint8_t *)a.codes + (size_t)u * UB, w[q], u * UB + 12 <= units * UB);
             const uint32_t g = a.gunits == 1 ? u : (uint32_t)__umul64hi((unsigned long long)u, a.gmagic);
             s[q] = ld_float<SDT>(a.scale, (int64_t)g * a.ss0);
             if constexpr (ASYM) z[q] = ld_float<SDT>(a.zp, (int64_t)g * a.zs0);
@@ -388,6 +406,7 @@ template <int BITS, int SDT>
 __device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, const SvdCursor &k, const SvdCursor &k2, int t,
                                           SvdUnits<BITS> &U) {
     const uint32_t rows = (uint32_t)a.rows, cols = (uint32_t)a.cols;
+    const uint32_t nbytes = (uint32_t)(a.rows * a.cols / UNIT) * (uint32_t)unit_geom<BITS>::bytes; /* < 2^31 */
 #pragma unroll
     for (int i = 0; i < 2; i++) {
 #pragma unroll
@@ -398,7 +417,7 @@ __device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, const SvdCurs
             U.ok[u] = ki.r < rows && ki.c < cols;
             U.s[u] = U.z[u] = 0.0f;
             if (U.ok[u]) { /* red % 8 == 0: one group per unit */
-                load_unit_words<BITS>((const uint8_t *)a.d.codes + ki.co, U.b[u]);
+                load_unit_words<BITS>((const uint8_t *)a.d.codes + ki.co, U.b[u], ki.co + 12 <= nbytes);
                 U.s[u] = ld_float<SDT>(a.d.scale, ki.so);
                 if (a.d.asym) U.z[u] = ld_float<SDT>(a.d.zp, ki.zo);
             }
