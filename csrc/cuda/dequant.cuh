@@ -185,9 +185,10 @@ __device__ __forceinline__ void load_unit_words(const uint8_t *p, UnitWords<BITS
             constexpr int NW = (UB + 6) / 4; /* words covering (p % 4) + UB <= UB + 3 bytes */
             const uint32_t *wp = (const uint32_t *)((uintptr_t)p & ~(uintptr_t)3);
             const uint32_t sh = 8u * (uint32_t)((uintptr_t)p & 3);
-            uint32_t raw[NW];
+            uint32_t raw[NW + 1]; /* raw[NW]: zero bits for the last word's shift (5-byte units) */
 #pragma unroll
             for (int i = 0; i < NW; i++) raw[i] = __ldg(wp + i);
+            raw[NW] = 0;
 #pragma unroll
             for (int i = 0; i < (UB + 3) / 4; i++) u.w[i] = __funnelshift_r(raw[i], raw[i + 1], sh);
             return;
