@@ -170,6 +170,19 @@ template <int DT> __device__ __forceinline__ uint32_t bits16(float v) {
     else return sdnq_f32_to_f16(v);
 }
 
+/* a DT value (BF16 or F16) from its raw 16 bits (the low half of h) to fp32: exact; fp16 through
+ * the hardware conversion (NaN payloads aside, codec.h's sdnq_f16_to_f32) */
+template <int DT> __device__ __forceinline__ float from_bits16(uint32_t h) {
+    if constexpr (DT == SDNQ_DT_BF16) {
+        return __uint_as_float(h << 16);
+    } else {
+        const uint16_t b = (uint16_t)h;
+        __half v;
+        memcpy(&v, &b, 2);
+        return __half2float(v);
+    }
+}
+
 /* sdnq's elementwise step (dequant.c scale_value) before its rounding: value * scale (+ zero
  * point: fused for fp32, else exact product then one add) */
 template <int SDT> __device__ __forceinline__ float scale_unrounded(float v, float s, float z, bool asym) {

@@ -168,6 +168,7 @@ extern "C" sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, cons
     }
     SvdDequantArgs sa;
     sa.d = a;
+    sa.d.units = n / UNIT; /* cols % 8 == 0 */
     sa.d.gunits = (uint32_t)(d->red / UNIT);
     sa.d.gmagic = sa.d.gunits > 1 ? UINT64_MAX / sa.d.gunits + 1 : 0;
     sa.rows = svd->rows;

@@ -68,7 +68,7 @@ struct DequantArgs {
     int32_t asym, codebook;
     int64_t levels;
     int64_t block_bytes;      /* bytes per packing block (native: element size) */
-    int64_t units;            /* flat kernel: full units of 8 codes            */
+    int64_t units;            /* flat, grouped, SVD kernels: full units of 8 codes */
     int64_t b_begin, b_end;   /* general kernel: packing blocks to dequantize  */
     /* grouped kernel: units per scale group (red / 8) and ceil(2^64 / gunits), so that
      * group(u) = __umul64hi(u, gmagic) exactly for every u < 2^32 (gunits >= 2) */
@@ -173,15 +173,17 @@ template <int BITS> struct UnitWords {
     uint32_t w[(UB + 3) / 4];
 };
 
-/* Units of 3, 5, 6 or 7 bytes lie at any byte: with `wide` (the caller's word that the 12 bytes
- * from p on are codes; the codes start 4-byte aligned) the 2 or 3 aligned 32-bit words that
- * cover the unit, funnel-shifted into place (2-3 loads instead of 3-7 byte loads; bytes past the
- * unit stay in the last word, and unpacking reads the unit's own bytes only); else byte loads. */
+/* the unit at byte `off` of the codes (nbytes of them, 4-byte aligned). Units of 3, 5, 6 or 7
+ * bytes lie at any byte: where the 12 bytes from off on are codes, the 2 or 3 aligned 32-bit
+ * words that cover the unit, funnel-shifted into place (2-3 loads instead of 3-7 byte loads;
+ * bytes past the unit stay in the last word, and unpacking reads the unit's own bytes only);
+ * the last one or two units, whose words would reach past the codes, by byte loads. */
 template <int BITS>
-__device__ __forceinline__ void load_unit_words(const uint8_t *p, UnitWords<BITS> &u, bool wide) {
+__device__ __forceinline__ void load_unit_words(const void *codes, uint32_t off, uint32_t nbytes, UnitWords<BITS> &u) {
     constexpr int UB = unit_geom<BITS>::bytes;
+    const uint8_t *p = (const uint8_t *)codes + off;
     if constexpr (UB == 3 || UB == 5 || UB == 6 || UB == 7) {
-        if (wide) {
+        if (off + 12 <= nbytes) {
             constexpr int NW = (UB + 6) / 4; /* words covering (p % 4) + UB <= UB + 3 bytes */
             const uint32_t *wp = (const uint32_t *)((uintptr_t)p & ~(uintptr_t)3);
             const uint32_t sh = 8u * (uint32_t)((uintptr_t)p & 3);
@@ -268,14 +270,14 @@ template <int BITS> struct grouped_geom {
 template <int BITS, int SDT, int ODT, bool ASYM, bool FULL>
 __device__ __forceinline__ void grouped_step(const DequantArgs &a, const float *lut, uint32_t base, uint32_t units) {
     constexpr int UB = unit_geom<BITS>::bytes, UNROLL = grouped_geom<BITS>::UNROLL;
-    const uint32_t nt = blockDim.x;
+    const uint32_t nt = blockDim.x, nbytes = units * UB;
     UnitWords<BITS> w[UNROLL];
     float s[UNROLL] = {}, z[UNROLL] = {};
 #pragma unroll
     for (int q = 0; q < UNROLL; q++) { /* every load first */
         const uint32_t u = base + q * nt + threadIdx.x;
         if (FULL || u < units) {
-            load_unit_words<BITS>((const uint8_t *)a.codes + (size_t)u * UB, w[q], u * UB + 12 <= units * UB);
+            load_unit_words<BITS>(a.codes, u * UB, nbytes, w[q]);
             const uint32_t g = a.gunits == 1 ? u : (uint32_t)__umul64hi((unsigned long long)u, a.gmagic);
             s[q] = ld_float<SDT>(a.scale, (int64_t)g * a.ss0);
             if constexpr (ASYM) z[q] = ld_float<SDT>(a.zp, (int64_t)g * a.zs0);
@@ -407,7 +409,7 @@ template <int BITS, int SDT>
 __device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, const SvdCursor &k, const SvdCursor &k2, int t,
                                           SvdUnits<BITS> &U) {
     const uint32_t rows = (uint32_t)a.rows, cols = (uint32_t)a.cols;
-    const uint32_t nbytes = (uint32_t)(a.rows * a.cols / UNIT) * (uint32_t)unit_geom<BITS>::bytes; /* < 2^31 */
+    const uint32_t nbytes = (uint32_t)a.d.units * (uint32_t)unit_geom<BITS>::bytes; /* < 2^31 */
 #pragma unroll
     for (int i = 0; i < 2; i++) {
 #pragma unroll
@@ -418,7 +420,7 @@ __device__ __forceinline__ void svdq_load(const SvdDequantArgs &a, const SvdCurs
             U.ok[u] = ki.r < rows && ki.c < cols;
             U.s[u] = U.z[u] = 0.0f;
             if (U.ok[u]) { /* red % 8 == 0: one group per unit */
-                load_unit_words<BITS>((const uint8_t *)a.d.codes + ki.co, U.b[u], ki.co + 12 <= nbytes);
+                load_unit_words<BITS>(a.d.codes, ki.co, nbytes, U.b[u]);
                 U.s[u] = ld_float<SDT>(a.d.scale, ki.so);
                 if (a.d.asym) U.z[u] = ld_float<SDT>(a.d.zp, ki.zo);
             }

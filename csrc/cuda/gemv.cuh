@@ -159,11 +159,6 @@ __device__ __forceinline__ void deq_pack8(const float (&v)[UNIT], float s, float
         p[q] = pack_pair<XDT>(dq_value<SDT, XDT, ASYM>(v[2 * q], s, z), dq_value<SDT, XDT, ASYM>(v[2 * q + 1], s, z));
 }
 
-/* one XDT value (raw bits) -> fp32 */
-template <int XDT> __device__ __forceinline__ float unpack1(uint32_t bits) {
-    return XDT == SDNQ_DT_BF16 ? sdnq_bf16_to_f32((uint16_t)bits) : sdnq_f16_to_f32((uint16_t)bits);
-}
-
 /* the codes one thread loads for one chunk (what streams from memory) */
 template <int BITS> struct GemvStage {
     uint32_t w[2][BITS]; /* 32 codes of weight rows g and g + 8: 4*BITS bytes each */
@@ -799,7 +794,7 @@ template <int XDT, int NT> __global__ void __launch_bounds__(32 * NT, 1) gemv_fi
 #pragma unroll
     for (int q = 0; q < 4; q++) {
         const int n = n0 + g + (q >= 2 ? 8 : 0);
-        if (a.bias != NULL && n < a.N) bias[q] = unpack1<XDT>(__ldg((const unsigned short *)a.bias + n));
+        if (a.bias != NULL && n < a.N) bias[q] = from_bits16<XDT>(__ldg((const unsigned short *)a.bias + n));
     }
     /* the SVD branch's up fragments (rank <= SVD_REG_RANKS: in registers; else asked of L1) */
     constexpr int RS = SVD_REG_RANKS / 16;

@@ -104,18 +104,6 @@ template <int QDT> __device__ __forceinline__ uint2 q8_pack(const float (&v)[8])
     return make_uint2(__byte_perm(w[0], w[1], 0x5410), __byte_perm(w[2], w[3], 0x5410));
 }
 
-/* a 16-bit x value (raw bits) widened to fp32: exact, through the hardware conversion for fp16 */
-template <int XDT> __device__ __forceinline__ float x16_to_f32(uint32_t h) {
-    if constexpr (XDT == SDNQ_DT_BF16) {
-        return __uint_as_float(h << 16);
-    } else {
-        const uint16_t b = (uint16_t)h;
-        __half v;
-        memcpy(&v, &b, 2);
-        return __half2float(v);
-    }
-}
-
 /*
  * quantize_rows_vec_kernel<XDT, QDT, V>: one row per block of blockDim.x threads (a multiple of
  * 32, up to 256; the launcher picks the fewest warps that hold the row in V 16-byte vectors per
@@ -150,8 +138,8 @@ __global__ void __launch_bounds__(QROW_MAX_THREADS)
             const uint32_t w[4] = {v[i].x, v[i].y, v[i].z, v[i].w};
 #pragma unroll
             for (int k = 0; k < 4; k++) {
-                amax = fmaxf(amax, fabsf(x16_to_f32<XDT>(w[k] & 0xFFFFu)));
-                amax = fmaxf(amax, fabsf(x16_to_f32<XDT>(w[k] >> 16)));
+                amax = fmaxf(amax, fabsf(from_bits16<XDT>(w[k] & 0xFFFFu)));
+                amax = fmaxf(amax, fabsf(from_bits16<XDT>(w[k] >> 16)));
             }
         }
 #pragma unroll
@@ -175,7 +163,7 @@ __global__ void __launch_bounds__(QROW_MAX_THREADS)
                 float qv[8];
 #pragma unroll
                 for (int k = 0; k < 8; k++) {
-                    const float xv = x16_to_f32<XDT>((w[k / 2] >> (16 * (k % 2))) & 0xFFFFu);
+                    const float xv = from_bits16<XDT>((w[k / 2] >> (16 * (k % 2))) & 0xFFFFu);
                     qv[k] = decltype(QUICK)::value ? sdnq_row_div(xv, s, rs) : s > 0.0f ? __fdiv_rn(xv, s) : 0.0f;
                 }
                 *((uint2 *)((uint8_t *)q + r * cols) + j) = q8_pack<QDT>(qv);
