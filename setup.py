@@ -28,7 +28,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 SOURCES = ["csrc/types.c", "csrc/pack.c", "csrc/values.c", "csrc/dequant.c", "csrc/quant.c", "csrc/linalg.c",
            "csrc/module.c"]
 CUDA_SOURCES = ["csrc/types.c", "csrc/cuda/module_cuda.c", "csrc/cuda/dequant.cu", "csrc/cuda/svd_add.cu",
-                "csrc/cuda/hadamard.cu", "csrc/cuda/gemv.cu", "csrc/cuda/w8a8.cu", "csrc/cuda/lt_matmul.cu"]
+                "csrc/cuda/hadamard.cu", "csrc/cuda/gemv.cu", "csrc/cuda/w8a8.cu", "csrc/cuda/lt_matmul.cu",
+                "csrc/cuda/i8_gemm.cu"]
 # sm_80 (A100), sm_89 (Ada), sm_90a (Hopper), sm_100a (Blackwell DC), sm_120 (Blackwell desktop), + PTX for newer
 CUDA_ARCHS = ["arch=compute_80,code=sm_80", "arch=compute_89,code=sm_89", "arch=compute_90a,code=sm_90a",
               "arch=compute_100a,code=sm_100a", "arch=compute_120,code=sm_120", "arch=compute_90,code=compute_90"]

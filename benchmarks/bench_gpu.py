@@ -303,6 +303,17 @@ def bench_linear(args, timer, results):
                     ok = kernels.lt_matmul(a8, b8, False, od, **extra) is not None
                     ms = timer(lambda: kernels.lt_matmul(a8, b8, False, od, **extra)) if ok else float("nan")
                     results["ceilings"].append(dict(path=kind, N=N, K=K, M=M, ms=ms, vs_bf16=bf16[(N, K, M)] / ms))
+                # the int8 GEMM with its scales and bias into bf16: cuBLASLt's int32 product through
+                # scale_epilogue (w8a8_int8 where i8_gemm does not run) and the fused kernel (sm_90)
+                a8 = torch.randint(-100, 100, (M, K), device=DEV, dtype=torch.int8)
+                b8 = torch.randint(-100, 100, (N, K), device=DEV, dtype=torch.int8)
+                gemms = [("lt_int8_epilogue",
+                          lambda: kernels.scale_epilogue(kernels.lt_matmul(a8, b8, False, torch.int32), sa, sb, b, BF16))]
+                if kernels.i8_gemm(a8, b8, sa, sb, b, BF16) is not None:
+                    gemms.append(("i8_gemm_fused", lambda: kernels.i8_gemm(a8, b8, sa, sb, b, BF16)))
+                for kind, fn in gemms:
+                    ms = timer(fn)
+                    results["ceilings"].append(dict(path=kind, N=N, K=K, M=M, ms=ms, vs_bf16=bf16[(N, K, M)] / ms))
                 w8a8_kernels(timer, results, x, N, sa, b)
         torch.cuda.empty_cache()
     results["bf16"] = [dict(N=N, K=K, M=M, ms=ms, tflops=2 * M * N * K / (ms * 1e-3) / 1e12)
@@ -514,7 +525,10 @@ def markdown(results, summary) -> str:
         lines.append(f"| {r['dtype']} | {r['N']}x{r['K']} | {r['ms'] * 1e3:.1f} | {r['GBps']:.0f} | {r['pct_copy']:.0f}% | "
                      f"{r['pct_same_copy']:.0f}% | {r['fill_ms'] * 1e3:.1f} | {svd} |")
     if results["ceilings"]:
-        lines += ["", "## bare cuBLASLt GEMM (random operands) vs bf16", "", "| path | N x K | M | ratio |",
+        lines += ["", "## GEMM alone (random operands) vs bf16", "",
+                  "bare cuBLASLt (lt_*), the int8 GEMM with scales and bias into bf16 through cuBLASLt's int32 "
+                  "product and scale_epilogue (lt_int8_epilogue) and in one kernel (i8_gemm_fused, sm_90)", "",
+                  "| path | N x K | M | ratio |",
                   "|---|---|---|---|"]
         for r in results["ceilings"]:
             lines.append(f"| {r['path']} | {r['N']}x{r['K']} | {r['M']} | {r['vs_bf16']:.2f} |")

@@ -12,7 +12,8 @@
 #                                                             sanitizer_memcheck.log, sanitizer_racecheck.log
 #              (skipped with a message if compute-sanitizer is missing or refuses the device)
 #              then the CUDA tests of the newer kernels (fused dequantize+SVD, GEMV SVD epilogue,
-#              vector row quantization and epilogue) under memcheck    sanitizer_pytest.log
+#              vector row quantization and epilogue, fused int8 GEMM's refusals and checks)
+#              under memcheck                                           sanitizer_pytest.log
 #   bench      benchmarks/bench_gpu.py --quick                bench/bench.{json,md,png}, bench.log
 #   bench-full benchmarks/bench_gpu.py (every shape, M, dtype) bench-full/..., bench-full.log
 #   baseline   the quick benchmark of an older build carried in .device/baseline (its own
@@ -86,7 +87,8 @@ for s in $STEPS; do
         PYTORCH_NO_CUDA_MEMORY_CACHING=1 step "sanitizer memcheck (pytest)" 240 "$OUT/sanitizer_pytest.log" \
             "$SAN" --tool memcheck --error-exitcode 99 $PY -m pytest tests/test_cuda.py -x -q -p no:cacheprovider \
             -k "test_dequant_svd and (uint4 or int5 or int8) or test_gemv_svd or test_gemv_many_tiles \
-            or test_gemv_work_buffer or test_quantize_rows or test_scale_epilogue"
+            or test_gemv_work_buffer or test_quantize_rows or test_scale_epilogue or test_i8_gemm_refusals \
+            or test_i8_gemm_checks"
         ;;
     bench)
         step "bench_gpu --quick" 240 "$OUT/bench.log" $PY benchmarks/bench_gpu.py --quick --out "$OUT/bench"

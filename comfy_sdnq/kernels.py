@@ -11,7 +11,7 @@ run the torch reference on CUDA tensors. Environment:
     COMFY_SDNQ_REQUIRE_EXT=1   fail instead of falling back when the extension is missing
 
 The CUDA-only building blocks of the linear op (gemv, quantize_rows, lt_matmul,
-scale_epilogue) are at the end; they launch on torch's current stream and never
+scale_epilogue, i8_gemm) are at the end; they launch on torch's current stream and never
 synchronize, so they can be captured into CUDA graphs.
 """
 from __future__ import annotations
@@ -427,6 +427,44 @@ def lt_matmul(a: torch.Tensor, b: torch.Tensor, b_kn: bool, out_dtype: torch.dty
             return None
         raise
     return d
+
+
+_I8_GEMM_DEVICES: dict = {}
+
+
+def i8_gemm_available(device: torch.device) -> bool:
+    """whether i8_gemm runs on this device (compute capability 9.0 and sm_90a code in the build)"""
+    key = (device.type, _device_index(device))
+    ok = _I8_GEMM_DEVICES.get(key)
+    if ok is None:
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                ok = bool(_C_cuda.i8_gemm_available())
+        else:  # the host emulation of the tests: no TMA or wgmma there
+            ok = bool(_C_cuda.i8_gemm_available())
+        _I8_GEMM_DEVICES[key] = ok
+    return ok
+
+
+def i8_gemm(a: torch.Tensor, b: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor,
+            bias: torch.Tensor | None, out_dtype: torch.dtype) -> torch.Tensor | None:
+    """out [M, N] = (a [M, K] @ b [N, K]^T) * a_scale[m] * b_scale[n] (+ bias[n]) for int8 a and b in
+    one kernel: the bits of lt_matmul's int32 product through scale_epilogue, without the int32
+    round trip. b_scale a 1-D view of any arithmetic dtype and stride. None where it does not run
+    (see i8_gemm_available; bf16/fp16 out, K % 16 == 0, N % 8 == 0): the caller keeps lt_matmul."""
+    M, K = a.shape
+    N = b.shape[0]
+    if out_dtype not in (torch.bfloat16, torch.float16) or K % 16 or N % 8 or not i8_gemm_available(a.device):
+        return None
+    a, b = a.contiguous(), b.contiguous()
+    if bias is not None:
+        bias = bias.to(out_dtype).contiguous()
+    a_scale = a_scale.to(torch.float32).contiguous()
+    out = torch.empty((M, N), dtype=out_dtype, device=a.device)
+    st = _cuda_call(_C_cuda.i8_gemm, a, M, N, K, a.data_ptr(), a.numel(), b.data_ptr(), b.numel(), a_scale.data_ptr(),
+                    a_scale.numel(), b_scale.data_ptr(), _dt(b_scale.dtype), _span(b_scale), b_scale.stride(0),
+                    _ptr(bias), 0 if bias is None else bias.numel(), out.data_ptr(), _dt(out_dtype), out.numel())
+    return out if st == 0 else None
 
 
 def scale_epilogue(acc: torch.Tensor, a_scale: torch.Tensor, b_scale: torch.Tensor, bias: torch.Tensor | None,

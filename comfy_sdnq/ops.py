@@ -171,6 +171,10 @@ def _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path, s
         b, b_scale = kernels.quantize_rows(w, kind)
         b_kn = False
     q, xs = kernels.quantize_rows(x2, kind)
+    if kind == "int8" and not b_kn:  # the GEMM and its scale epilogue in one kernel (sm_90)
+        y = kernels.i8_gemm(q, b, xs, b_scale, bias, x2.dtype)
+        if y is not None:
+            return y, folded
     if kind == "fp8":
         fused = (x2.device.index, x2.dtype, bias is not None, fast)
         if fused not in _FP8_FUSED_REFUSED:

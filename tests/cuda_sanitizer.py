@@ -151,6 +151,17 @@ def main():
     y = kernels.scale_epilogue(acc, sa, sb, bias, BF16)
     want = (acc.float() * sa[:, None] * sb[None, :] + bias.float()).to(BF16)
     check("scale_epilogue 7x1040", bool(torch.equal(y, want)))
+    # the fused int8 GEMM (sm_90): partial tiles in M, N and K < 128 (77x200x48), a K tail (300x136x1040),
+    # the big tile with partial tiles (2000x2056), the small one looping over three tiles per block
+    if kernels.i8_gemm_available(torch.device(DEV)):
+        for M, N, K in ((77, 200, 48), (300, 136, 1040), (2000, 2056, 32), (3000, 2048, 64)):
+            a8 = torch.randint(-128, 128, (M, K), generator=gen, dtype=torch.int8).to(DEV)
+            b8 = torch.randint(-128, 128, (N, K), generator=gen, dtype=torch.int8).to(DEV)
+            sa, sb = torch.rand(M, generator=gen).to(DEV), torch.rand(N, generator=gen).to(DEV)
+            bias = torch.randn(N, generator=gen).to(BF16).to(DEV)
+            y = kernels.i8_gemm(a8, b8, sa, sb, bias, BF16)
+            want = kernels.scale_epilogue(kernels.lt_matmul(a8, b8, False, torch.int32), sa, sb, bias, BF16)
+            check(f"i8_gemm {M}x{N}x{K}", y is not None and bool(torch.equal(y, want)))
     for name, path in (("int8", "w8a8_int8"), ("float8_e4m3fn", "w8a8_fp8"), ("uint4", "w4a8")):
         t = dtypes.get(name)
         n_out, k_in, M = 24, 64, 20

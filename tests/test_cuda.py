@@ -705,6 +705,100 @@ def test_scale_epilogue(n):
         assert torch.equal(y.cpu(), want.to(odt)), odt
 
 
+def _i8_gemm_or_skip():
+    """kernels.i8_gemm runs on compute capability 9.0 (a build with sm_90a code); it must there"""
+    if EMU:
+        pytest.skip("TMA and wgmma have no host emulation")
+    if torch.cuda.get_device_capability()[0] != 9:
+        assert not kernels.i8_gemm_available(torch.device(DEV))
+        pytest.skip(f"i8_gemm needs compute capability 9.0, not {torch.cuda.get_device_name()}")
+    assert kernels.i8_gemm_available(torch.device(DEV)), "built without sm_90a code?"
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 16), (77, 200, 48), (300, 1000, 1008), (1000, 1000, 3088),
+                                   (3000, 2048, 64), (4608, 3072, 256)])
+def test_i8_gemm(shape):
+    """the fused int8 GEMM + scale epilogue against cuBLASLt's int32 GEMM through scale_epilogue:
+    the same exact int32 sums and the same three roundings, so the same bits, for bf16 and fp16
+    out, with and without bias, fp32 and strided bf16 weight scales. Shapes: one row; tails of M,
+    N and K (K < 128, K % 128 != 0: the zero-filled slice); the small 128 x 128 tile (first four:
+    one tile per block; 3000 x 2048: three tiles per block) and the big 192 x 192 tile (4608 x
+    3072: 384 tiles, three per block) as tile_cost picks them on a 132-multiprocessor H100/H200"""
+    _i8_gemm_or_skip()
+    M, N, K = shape
+    g = torch.Generator().manual_seed(M + N + K)
+    q = torch.randint(-128, 128, (M, K), generator=g, dtype=torch.int8).to(DEV)
+    w = torch.randint(-128, 128, (N, K), generator=g, dtype=torch.int8).to(DEV)
+    xs = (torch.rand(M, generator=g) * 1e-3).to(DEV)
+    ws32 = (torch.rand(N, generator=g) * 1e-3).to(DEV)
+    ws16 = (torch.rand(2 * N, generator=g) * 1e-3).to(BF16).to(DEV)[::2]
+    bias = (torch.randn(N, generator=g) * 0.1).to(DEV)
+    acc = kernels.lt_matmul(q, w, False, torch.int32)
+    assert acc is not None
+    for odt, ws, b in ((BF16, ws32, bias), (F16, ws16, bias), (BF16, ws16, None), (F16, ws32, None)):
+        bb = None if b is None else b.to(odt)
+        y = kernels.i8_gemm(q, w, xs, ws, bb, odt)
+        assert y is not None and y.dtype == odt and y.shape == (M, N)
+        want = kernels.scale_epilogue(acc, xs, ws, bb, odt)
+        assert_bits_equal(y, want)
+
+
+def test_i8_gemm_refusals():
+    """what TMA cannot address is refused (None: the linear op keeps cuBLASLt), nothing raised:
+    K % 16, N % 8, an operand not 16-byte aligned, fp32 out"""
+    _i8_gemm_or_skip()
+    g = torch.Generator().manual_seed(0)
+    q = torch.randint(-128, 128, (32, 64), generator=g, dtype=torch.int8).to(DEV)
+    w = torch.randint(-128, 128, (40, 64), generator=g, dtype=torch.int8).to(DEV)
+    xs, ws = torch.ones(32, device=DEV), torch.ones(40, device=DEV)
+    assert kernels.i8_gemm(q, w, xs, ws, None, BF16) is not None
+    assert kernels.i8_gemm(q[:, :40], w[:, :40], xs, ws, None, BF16) is None  # K = 40
+    assert kernels.i8_gemm(q, w[:36], xs, ws[:36], None, BF16) is None  # N = 36
+    assert kernels.i8_gemm(q, w, xs, ws, None, F32) is None
+    buf = torch.empty(32 * 64 + 1, dtype=torch.int8, device=DEV)
+    off = buf[1:].view(32, 64)
+    off.copy_(q)
+    assert off.is_contiguous() and off.data_ptr() % 16 != 0
+    assert kernels.i8_gemm(off, w, xs, ws, None, BF16) is None
+
+
+def test_i8_gemm_checks():
+    """the launcher's argument checks (run in the host emulation too, where every valid call is
+    refused): inconsistent sizes raise with the C status, nothing is launched"""
+    C = kernels._C_cuda
+    M, N, K = 4, 8, 16
+    a = torch.zeros(M, K, dtype=torch.int8, device=DEV)
+    b = torch.zeros(N, K, dtype=torch.int8, device=DEV)
+    sa, sb = torch.ones(M, device=DEV), torch.ones(N, device=DEV)
+    out = torch.full((M, N), 7.0, dtype=BF16, device=DEV)
+    dt = kernels._dt
+
+    def call(**kw):
+        args = dict(M=M, N=N, K=K, a=a.data_ptr(), an=a.numel(), b=b.data_ptr(), bn=b.numel(), sa=sa.data_ptr(),
+                    san=M, sb=sb.data_ptr(), sbdt=dt(F32), sbn=N, sbs=1, bias=0, biasn=0, out=out.data_ptr(),
+                    odt=dt(BF16), on=out.numel())
+        args.update(kw)
+        return kernels._cuda_call(C.i8_gemm, a, *args.values())
+
+    ok = call()
+    torch.cuda.synchronize()
+    if EMU or not kernels.i8_gemm_available(torch.device(DEV)):
+        assert ok == C.UNSUPPORTED
+    else:
+        assert ok == 0 and torch.equal(out, torch.zeros_like(out))
+    out.fill_(7.0)
+    for kw in (dict(an=M * K - 1), dict(bn=N * K - 1), dict(san=M - 1), dict(sbn=N - 1), dict(sbs=2),
+               dict(on=M * N - 1), dict(bias=sb.data_ptr(), biasn=N - 1), dict(M=-1), dict(odt=dt(torch.int32)),
+               dict(sbdt=dt(torch.int8)), dict(a=0), dict(sb=0)):
+        with pytest.raises(C.SdnqError):
+            call(**kw)
+    assert call(odt=dt(F32)) == C.UNSUPPORTED
+    assert call(K=0, an=0, bn=0) == C.UNSUPPORTED
+    assert call(M=0) == 0 and call(N=0) == 0
+    torch.cuda.synchronize()
+    assert (out == 7.0).all()
+
+
 def test_w8a8_matmul_ready_storage():
     """sdnq's [in, out] int8 storage: cuBLASLt may take it untransposed, else the op re-quantizes"""
     gen = torch.Generator().manual_seed(0)

@@ -26,7 +26,7 @@ from comfy_sdnq import dtypes, kernels
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "build", "cuda_emu")
-CU = ["dequant.cu", "svd_add.cu", "hadamard.cu", "gemv.cu", "w8a8.cu"]
+CU = ["dequant.cu", "svd_add.cu", "hadamard.cu", "gemv.cu", "w8a8.cu", "i8_gemm.cu"]
 
 
 def _sources():
@@ -222,3 +222,7 @@ def test_emu_quantize_rows(emu, shape):
 def test_emu_scale_epilogue(emu):
     for n in (96, 1040, 45):
         T.test_scale_epilogue(n)
+
+
+def test_emu_i8_gemm_checks(emu):
+    T.test_i8_gemm_checks()

@@ -37,6 +37,10 @@
  *                        out, out_dtype, out_numel, stream) -> None
  *     def lt_matmul(device, M, N, K, in_dtype, a, a_numel, b, b_numel, b_kn, d, d_dtype, d_numel,
  *                   a_scale, b_scale, bias, workspace, workspace_bytes, fast_accum, stream) -> None
+ *     def i8_gemm(M, N, K, a, a_numel, b, b_numel, a_scale, a_scale_numel, b_scale, b_scale_dtype,
+ *                 b_scale_numel, b_scale_stride, bias, bias_numel, out, out_dtype, out_numel,
+ *                 stream) -> int               # 0: launched; UNSUPPORTED: refused (nothing ran)
+ *     def i8_gemm_available() -> bool           # the current device runs i8_gemm
  */
 #define PY_SSIZE_T_CLEAN
 #ifndef Py_LIMITED_API
@@ -291,6 +295,52 @@ static PyObject *lt_matmul(PyObject *module, PyObject *const *args, Py_ssize_t n
     DONE("lt_matmul", sdnq_cuda_lt_matmul(state->lt[a[0]], &d, PTR(a[19])));
 }
 
+PyDoc_STRVAR(i8_gemm_doc, "i8_gemm(M, N, K, a, a_numel, b, b_numel, a_scale, a_scale_numel, b_scale, "
+                          "b_scale_dtype, b_scale_numel, b_scale_stride, bias, bias_numel, out, out_dtype, "
+                          "out_numel, stream) -> 0 when launched, UNSUPPORTED when refused (nothing ran)");
+
+/* a refusal (no sm_90a device or build, or an operand TMA cannot address) returns its status:
+ * the caller keeps the cuBLASLt path; inconsistent arguments raise */
+static PyObject *i8_gemm(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[19];
+    if (parse_i64("i8_gemm", args, nargs, 19, a) < 0) return NULL;
+    sdnq_i8_gemm_desc d = {
+        .M = a[0],
+        .N = a[1],
+        .K = a[2],
+        .a = CPTR(a[3]),
+        .a_numel = a[4],
+        .b = CPTR(a[5]),
+        .b_numel = a[6],
+        .a_scale = (const float *)CPTR(a[7]),
+        .a_scale_numel = a[8],
+        .b_scale = CPTR(a[9]),
+        .b_scale_dtype = (int32_t)a[10],
+        .b_scale_numel = a[11],
+        .b_scale_stride = a[12],
+        .bias = CPTR(a[13]),
+        .bias_numel = a[14],
+        .out = PTR(a[15]),
+        .out_dtype = (int32_t)a[16],
+        .out_numel = a[17],
+    };
+    sdnq_status st = sdnq_cuda_i8_gemm(&d, PTR(a[18]));
+    if (st != SDNQ_OK && st != SDNQ_ERR_UNSUPPORTED) return raise_status(module, "i8_gemm", st);
+    return PyLong_FromLong((long)st);
+}
+
+PyDoc_STRVAR(i8_gemm_available_doc, "i8_gemm_available() -> whether the current device runs i8_gemm");
+
+static PyObject *i8_gemm_available(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    (void)args;
+    if (nargs != 0) {
+        PyErr_SetString(PyExc_TypeError, "i8_gemm_available() takes no arguments");
+        return NULL;
+    }
+    return PyBool_FromLong(sdnq_cuda_i8_gemm_available());
+}
+
 /* ------------------------------------------------------------------------ */
 /* module                                                                    */
 
@@ -307,6 +357,8 @@ static PyMethodDef module_methods[] = {
     {"quantize_rows",  (PyCFunction)(void (*)(void))quantize_rows,  METH_FASTCALL, quantize_rows_doc},
     {"scale_epilogue", (PyCFunction)(void (*)(void))scale_epilogue, METH_FASTCALL, scale_epilogue_doc},
     {"lt_matmul",      (PyCFunction)(void (*)(void))lt_matmul,      METH_FASTCALL, lt_matmul_doc},
+    {"i8_gemm",        (PyCFunction)(void (*)(void))i8_gemm,        METH_FASTCALL, i8_gemm_doc},
+    {"i8_gemm_available", (PyCFunction)(void (*)(void))i8_gemm_available, METH_FASTCALL, i8_gemm_available_doc},
     {NULL, NULL, 0, NULL},
 };
 

@@ -163,6 +163,35 @@ typedef struct sdnq_epilogue_desc {
 
 SDNQ_API sdnq_status sdnq_cuda_scale_epilogue(const sdnq_epilogue_desc *d, void *stream);
 
+/* out[m, n] = (float)(a[m, :] . b[n, :]) * a_scale[m] * b_scale[n*b_scale_stride] (+ bias[n]):
+ * the int8 GEMM with the scale epilogue above fused (the same bits as cuBLASLt's int32 product
+ * through sdnq_cuda_scale_epilogue). a int8 [M, K] and b int8 [N, K] row-major, a_scale fp32 [M],
+ * b_scale F32/BF16/F16, bias [N] in out_dtype or NULL, out BF16/F16 [M, N] row-major.
+ * SDNQ_ERR_UNSUPPORTED unless sdnq_cuda_i8_gemm_available(), K % 16 == 0, N % 8 == 0 and a, b,
+ * out 16-byte aligned (and for an F32 out, K == 0 or sizes past int32). */
+typedef struct sdnq_i8_gemm_desc {
+    int64_t M, N, K;
+    const void *a;
+    int64_t a_numel;
+    const void *b;
+    int64_t b_numel;
+    const float *a_scale;
+    int64_t a_scale_numel;
+    const void *b_scale;
+    int32_t b_scale_dtype;
+    int64_t b_scale_numel, b_scale_stride;
+    const void *bias;
+    int64_t bias_numel;
+    void *out;
+    int32_t out_dtype;
+    int64_t out_numel;
+} sdnq_i8_gemm_desc;
+
+/* 1 where the current device can run sdnq_cuda_i8_gemm (compute capability 9.0 and this build
+ * holds sm_90a code), else 0 */
+SDNQ_API int sdnq_cuda_i8_gemm_available(void);
+SDNQ_API sdnq_status sdnq_cuda_i8_gemm(const sdnq_i8_gemm_desc *d, void *stream);
+
 /* cuBLASLt: a handle and a cache of the algorithms its heuristic picked.
  * Not thread-safe: one context per device, calls serialized by the caller. */
 typedef struct sdnq_cuda_lt sdnq_cuda_lt;
