@@ -152,6 +152,22 @@ def _row_scaled_weight(t, codes, scale, zero_point, view, out_shape, transposed:
     return None
 
 
+_SMS: dict = {}
+
+
+def _fills_gpu(M: int, N: int, device) -> bool:
+    """at least one 128 x 128 output tile per multiprocessor: i8_gemm's tiles keep the GPU busy; with
+    fewer (M = 256 on the Flux shapes) most of it would idle through K, which cuBLASLt splits
+    (benchmarks: bench_gpu's GEMM table, i8_gemm_fused vs lt_int8 at M = 256)"""
+    if device.type != "cuda":
+        return True  # the host emulation: i8_gemm refuses there anyway
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    sms = _SMS.get(idx)
+    if sms is None:
+        sms = _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return -(-M // 128) * -(-N // 128) >= sms
+
+
 def _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path, svd=None):
     """the W8A8 / W4A8 product, or None where cuBLASLt has no algorithm (the caller dequantizes).
     svd (up, down): folded into a re-quantized weight, which then includes it; else the caller adds
@@ -171,8 +187,8 @@ def _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path, s
         b, b_scale = kernels.quantize_rows(w, kind)
         b_kn = False
     q, xs = kernels.quantize_rows(x2, kind)
-    if kind == "int8" and not b_kn:  # the GEMM and its scale epilogue in one kernel (sm_90)
-        y = kernels.i8_gemm(q, b, xs, b_scale, bias, x2.dtype)
+    if kind == "int8" and not b_kn and _fills_gpu(q.shape[0], b.shape[0], x2.device):
+        y = kernels.i8_gemm(q, b, xs, b_scale, bias, x2.dtype)  # GEMM + scale epilogue in one kernel (sm_90)
         if y is not None:
             return y, folded
     if kind == "fp8":

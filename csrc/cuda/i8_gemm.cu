@@ -17,7 +17,8 @@
  * previous ones have completed. The epilogue's operands (two row scales, one column's scale and
  * bias per thread) are loaded when a tile starts, so their latency hides behind its main loop;
  * the results go through a swizzled shared-memory tile to TMA stores, which clip at M and N and
- * run while the next tile's main loop starts. K is zero-filled by TMA past its end.
+ * run while the next tile's main loop starts. K is zero-filled by TMA past its end. Tiles are
+ * walked in bands of TILE_GROUP_M tile rows so the ones in flight share their operands in L2.
  *
  * Needs K % 16 == 0 and N % 8 == 0 (TMA row pitches are multiples of 16 bytes) and 16-byte-aligned
  * a, b and out; otherwise, on any device but compute capability 9.0, or in a build without sm_90a
@@ -56,7 +57,7 @@ sdnq_status check(const sdnq_i8_gemm_desc *d) {
     if (d->M < 0 || d->N < 0 || d->K < 0 || d->a_numel < 0 || d->b_numel < 0 || d->a_scale_numel < 0 ||
         d->b_scale_numel < 0 || d->b_scale_stride < 0 || d->bias_numel < 0 || d->out_numel < 0)
         return SDNQ_ERR_SIZE;
-    if (d->M > INT32_MAX || d->N > INT32_MAX || d->K > INT32_MAX) return SDNQ_ERR_UNSUPPORTED;
+    if (d->M > INT32_MAX - 256 || d->N > INT32_MAX - 256 || d->K > INT32_MAX) return SDNQ_ERR_UNSUPPORTED;
     const int64_t na = sdnq_mul64(d->M, d->K), nb = sdnq_mul64(d->N, d->K), no = sdnq_mul64(d->M, d->N);
     if (na < 0 || nb < 0 || no < 0) return SDNQ_ERR_OVERFLOW;
     if (no == 0) return SDNQ_OK;
@@ -165,6 +166,17 @@ template <> struct Wgmma<192> {
 };
 #endif /* SDNQ_WGMMA */
 
+/* the origin of tile p: bands of TILE_GROUP_M tile rows, each walked along N column by column
+ * (tile rows first), so the tiles in flight at once share a few row slabs of a and all touch
+ * the same columns of b: both stay in L2 when a is larger than it (M = 16384) */
+constexpr int TILE_GROUP_M = 8;
+__device__ __forceinline__ void tile_origin(int p, int tiles_m, int tiles_n, int bm, int bn, int &m0, int &n0) {
+    const int band = p / (TILE_GROUP_M * tiles_n), first = band * TILE_GROUP_M;
+    const int rows = min(tiles_m - first, TILE_GROUP_M), q = p - band * TILE_GROUP_M * tiles_n;
+    m0 = (first + q % rows) * bm;
+    n0 = (q / rows) * bn;
+}
+
 template <int NC, int BN, int STAGES, int ODT>
 __global__ void __launch_bounds__((NC + 1) * 128, 1)
     i8_gemm_kernel(const __grid_constant__ CUtensorMap tma_a, const __grid_constant__ CUtensorMap tma_b,
@@ -182,7 +194,7 @@ __global__ void __launch_bounds__((NC + 1) * 128, 1)
     float2 *colbuf = (float2 *)(empty + STAGES);
     const int wg = threadIdx.x / 128, t = threadIdx.x % 128;
     const int KT = (K + BK - 1) / BK;
-    const int tiles_m = (M + BM - 1) / BM, tiles = tiles_m * ((N + BN - 1) / BN);
+    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + BN - 1) / BN, tiles = tiles_m * tiles_n;
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
             mbar_init(&full[s], 1);
@@ -196,7 +208,8 @@ __global__ void __launch_bounds__((NC + 1) * 128, 1)
         if (t == 0) {
             int it = 0;
             for (int p = blockIdx.x; p < tiles; p += gridDim.x) {
-                const int m0 = (p % tiles_m) * BM, n0 = (p / tiles_m) * BN;
+                int m0, n0;
+                tile_origin(p, tiles_m, tiles_n, BM, BN, m0, n0);
                 for (int kt = 0; kt < KT; kt++, it++) {
                     const int s = it % STAGES;
                     if (it >= STAGES) mbar_wait(&empty[s], ((it / STAGES) - 1) & 1);
@@ -215,7 +228,8 @@ __global__ void __launch_bounds__((NC + 1) * 128, 1)
     uint8_t *myC = sC + c * 64 * BN * 2;
     int it = 0;
     for (int p = blockIdx.x; p < tiles; p += gridDim.x) {
-        const int m0 = (p % tiles_m) * BM, n0 = (p / tiles_m) * BN;
+        int m0, n0;
+        tile_origin(p, tiles_m, tiles_n, BM, BN, m0, n0);
         int acc[BN / 2];
 #pragma unroll
         for (int i = 0; i < BN / 2; i++) acc[i] = 0;
@@ -379,6 +393,7 @@ extern "C" sdnq_status sdnq_cuda_i8_gemm(const sdnq_i8_gemm_desc *d, void *strea
     if (!built_with_wgmma()) return SDNQ_ERR_UNSUPPORTED;
     const cudaStream_t s = as_stream(stream);
     const int sms = device_sms();
+    if (tile_count<Small>(d->M, d->N) > INT32_MAX) return SDNQ_ERR_UNSUPPORTED; /* int32 tile indices */
     /* waves of tiles over the multiprocessors times the tile's area over its relative speed
      * (the small tile runs at about 0.9 of the big one's rate: H200, 4608 x 3072 x 12288) */
     const bool big = tile_cost<Big>(d->M, d->N, sms, 1.0) <= tile_cost<Small>(d->M, d->N, sms, 0.9);

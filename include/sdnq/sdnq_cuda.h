@@ -168,7 +168,7 @@ SDNQ_API sdnq_status sdnq_cuda_scale_epilogue(const sdnq_epilogue_desc *d, void 
  * through sdnq_cuda_scale_epilogue). a int8 [M, K] and b int8 [N, K] row-major, a_scale fp32 [M],
  * b_scale F32/BF16/F16, bias [N] in out_dtype or NULL, out BF16/F16 [M, N] row-major.
  * SDNQ_ERR_UNSUPPORTED unless sdnq_cuda_i8_gemm_available(), K % 16 == 0, N % 8 == 0 and a, b,
- * out 16-byte aligned (and for an F32 out, K == 0 or sizes past int32). */
+ * out 16-byte aligned; also for an F32 out, K == 0 and sizes near int32's range. */
 typedef struct sdnq_i8_gemm_desc {
     int64_t M, N, K;
     const void *a;
