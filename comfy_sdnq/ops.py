@@ -155,17 +155,18 @@ def _row_scaled_weight(t, codes, scale, zero_point, view, out_shape, transposed:
 _SMS: dict = {}
 
 
-def _fills_gpu(M: int, N: int, device) -> bool:
-    """at least one 128 x 128 output tile per multiprocessor: i8_gemm's tiles keep the GPU busy; with
-    fewer (M = 256 on the Flux shapes) most of it would idle through K, which cuBLASLt splits
-    (benchmarks: bench_gpu's GEMM table, i8_gemm_fused vs lt_int8 at M = 256)"""
+def _i8_gemm_pays(M: int, N: int, K: int, device) -> bool:
+    """i8_gemm where its 128 x 128 output tiles number at least the multiprocessors, or K is short;
+    with fewer tiles and a long K most of the GPU would idle through K, which cuBLASLt splits
+    (bench_gpu's GEMM table on an H200, M = 256: 3072x12288 / 3072x15360 1.11 / 1.08x fused
+    against 1.39 / 1.33x for cuBLASLt + epilogue; 3072x3072 0.96 against 0.75x)"""
     if device.type != "cuda":
         return True  # the host emulation: i8_gemm refuses there anyway
     idx = device.index if device.index is not None else torch.cuda.current_device()
     sms = _SMS.get(idx)
     if sms is None:
         sms = _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return -(-M // 128) * -(-N // 128) >= sms
+    return K <= 4096 or -(-M // 128) * -(-N // 128) >= sms
 
 
 def _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path, svd=None):
@@ -187,7 +188,7 @@ def _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path, s
         b, b_scale = kernels.quantize_rows(w, kind)
         b_kn = False
     q, xs = kernels.quantize_rows(x2, kind)
-    if kind == "int8" and not b_kn and _fills_gpu(q.shape[0], b.shape[0], x2.device):
+    if kind == "int8" and not b_kn and _i8_gemm_pays(q.shape[0], b.shape[0], q.shape[1], x2.device):
         y = kernels.i8_gemm(q, b, xs, b_scale, bias, x2.dtype)  # GEMM + scale epilogue in one kernel (sm_90)
         if y is not None:
             return y, folded
