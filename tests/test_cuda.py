@@ -776,7 +776,7 @@ def test_w8a8_int8_takes_i8_gemm(monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(kernels, "i8_gemm", counting)
-    sms = torch.cuda.get_device_properties(torch.device(DEV)).multi_processor_count
+    sms = _sms()
     gen = torch.Generator().manual_seed(5)
     N, K = 4352, 8192
     L = make_linear("int8", N, K, -1, gen)
