@@ -164,7 +164,6 @@ template <> struct Wgmma<192> {
                      : "l"(da), "l"(db), "r"(1));
     }
 };
-#endif /* SDNQ_WGMMA */
 
 /* the origin of tile p: bands of TILE_GROUP_M tile rows, each walked along N column by column
  * (tile rows first), so the tiles in flight at once share a few row slabs of a and all touch
@@ -176,6 +175,7 @@ __device__ __forceinline__ void tile_origin(int p, int tiles_m, int tiles_n, int
     m0 = (first + q % rows) * bm;
     n0 = (q / rows) * bn;
 }
+#endif /* SDNQ_WGMMA */
 
 template <int NC, int BN, int STAGES, int ODT>
 __global__ void __launch_bounds__((NC + 1) * 128, 1)
@@ -297,18 +297,20 @@ __global__ void __launch_bounds__((NC + 1) * 128, 1)
 /* ------------------------------------------------------------------------ */
 /* host side                                                                 */
 
+/* the driver's tensor-map encoder, looked up once (a concurrent first lookup stores the same pointer) */
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder(void) {
-    static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    static PFN_cuTensorMapEncodeTiled_v12000 fn;
+    if (fn == NULL) {
         void *p = NULL;
         cudaDriverEntryPointQueryResult q;
         if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) !=
                 cudaSuccess ||
             q != cudaDriverEntryPointSuccess) {
             (void)cudaGetLastError();
-            return (PFN_cuTensorMapEncodeTiled_v12000)NULL;
+            return NULL;
         }
-        return (PFN_cuTensorMapEncodeTiled_v12000)p;
-    }();
+        fn = (PFN_cuTensorMapEncodeTiled_v12000)p;
+    }
     return fn;
 }
 
