@@ -19,11 +19,14 @@ Then, for M tokens in 1, 16, 256, 1024, 4608, 16384 (x [M, K] bf16, bias on), th
                   its quantized matmul (Triton int8/fp8 mm); the best of the two is reported
   dequant         comfy_sdnq: CUDA dequantize into a scratch weight + cuBLAS (+ SVD as two small GEMMs)
   gemv            comfy_sdnq: fused small-M kernel (M <= 16)
-  w8a8_int8       comfy_sdnq: int8 activations x int8 weights, cuBLASLt (int8 weights, and uint8 re-quantized)
+  w8a8_int8       comfy_sdnq: int8 activations x int8 weights, the fused int8 GEMM (sm_90) or cuBLASLt + epilogue
+                  (int8 weights, and uint8 re-quantized)
   w8a8_fp8        comfy_sdnq: the same in fp8 e4m3 (fp8 weights, and int8 re-quantized)
   w8a8_fp8_fast   comfy_sdnq: w8a8_fp8 with cuBLASLt's fast fp8 accumulation (fp8 weights)
   w4a8            comfy_sdnq: 4-bit weights re-quantized per row to int8 on the fly, then as w8a8_int8
   lt_int8/lt_fp8  bare cuBLASLt GEMM on random int8 / fp8 operands: the ceiling of the W8A8 paths
+  lt_int8_epilogue, i8_gemm_fused  the int8 GEMM with scales and bias into bf16 on the same operands:
+                  cuBLASLt's int32 product through scale_epilogue, and the fused kernel (sm_90)
 
 Timing: CUDA events around each call, after a write of 256 MB that evicts L2, warm-up calls first,
 median of the repetitions. For M <= 16 also (small M is where the host can be the bottleneck):

@@ -15,8 +15,9 @@ tensors) or the torch reference.
 The linear op on CUDA tensors (linear_cuda) picks one of:
     "gemv"       M <= 16 tokens: the fused small-M kernel reads the compressed weight once; the
                  SVD branch runs in its epilogue (a low-rank kernel first, one call)
-    "w8a8_int8"  COMFY_SDNQ_W8A8=int8, int8 weights: per-token int8 activations, cuBLASLt int8
-                 GEMM, scale epilogue
+    "w8a8_int8"  COMFY_SDNQ_W8A8=int8, int8 weights: per-token int8 activations, then the int8
+                 GEMM with its scale epilogue fused (kernels.i8_gemm, sm_90; see _i8_gemm_pays),
+                 else cuBLASLt int8 GEMM + scale epilogue
     "w8a8_fp8"   COMFY_SDNQ_W8A8=fp8, float8_e4m3fn weights: the same in fp8 (scales and bias
                  applied by cuBLASLt where it can)
     "w8a8_fp8_fast"  COMFY_SDNQ_W8A8=fp8-fast: w8a8_fp8 with cuBLASLt's fast fp8 accumulation

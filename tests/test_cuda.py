@@ -764,9 +764,9 @@ def test_i8_gemm_refusals():
 
 def test_w8a8_int8_takes_i8_gemm(monkeypatch):
     """the linear op's w8a8_int8 path runs the fused kernel where its 128 x 128 tiles fill the GPU
-    (512 x 4352: 136 tiles, at least one per multiprocessor on an H100/H200) or K is short, and
-    cuBLASLt + epilogue with fewer tiles and a long K (64 rows, K = 8192: 34 tiles); both give
-    the same bits"""
+    (512 x 4352: 136 tiles, at least one per multiprocessor on an H100/H200) or K is short (64 x
+    4352, K = 256), and cuBLASLt + epilogue with fewer tiles and a long K (64 x 4352, K = 8192: 34
+    tiles); the same bits either way"""
     _i8_gemm_or_skip()
     calls = []
     real = kernels.i8_gemm
@@ -778,16 +778,15 @@ def test_w8a8_int8_takes_i8_gemm(monkeypatch):
     monkeypatch.setattr(kernels, "i8_gemm", counting)
     sms = _sms()
     gen = torch.Generator().manual_seed(5)
-    N, K = 4352, 8192
-    L = make_linear("int8", N, K, -1, gen)
+    N = 4352
     bias = (torch.randn(N, generator=gen) * 0.1).to(BF16).to(DEV)
-    for M in (512, 64):
+    for M, K in ((512, 8192), (64, 8192), (64, 256)):
+        L = make_linear("int8", N, K, -1, gen)
         x = torch.randn(M, K, generator=gen).to(BF16).to(DEV)
         calls.clear()
         y, ran = ops.linear_cuda(x, bias=bias, path="w8a8_int8", **L)
         assert ran == "w8a8_int8"
-        assert bool(calls) == (-(-M // 128) * (N // 128) >= sms), (M, calls, sms)
-        assert ops._i8_gemm_pays(M, N, 4096, x.device)
+        assert bool(calls) == (K <= 4096 or -(-M // 128) * (N // 128) >= sms), (M, K, calls, sms)
         q, xs = kernels.quantize_rows(x, "int8")
         w = L["codes"].view(torch.int8).reshape(N, K)
         want = kernels.scale_epilogue(kernels.lt_matmul(q, w, False, torch.int32), xs, L["scale"].reshape(-1),

@@ -396,8 +396,9 @@ extern "C" sdnq_status sdnq_cuda_i8_gemm(const sdnq_i8_gemm_desc *d, void *strea
     const cudaStream_t s = as_stream(stream);
     const int sms = device_sms();
     if (tile_count<Small>(d->M, d->N) > INT32_MAX) return SDNQ_ERR_UNSUPPORTED; /* int32 tile indices */
-    /* waves of tiles over the multiprocessors times the tile's area over its relative speed
-     * (the small tile runs at about 0.9 of the big one's rate: H200, 4608 x 3072 x 12288) */
+    /* waves of tiles over the multiprocessors times the tile's area, the small tile's weighted by
+     * 1 / 0.9: it stages more bytes per multiply-add (a tuning weight; bench_gpu's GEMM table
+     * shows the outcome per shape) */
     const bool big = tile_cost<Big>(d->M, d->N, sms, 1.0) <= tile_cost<Small>(d->M, d->N, sms, 0.9);
     if (d->out_dtype == SDNQ_DT_BF16)
         return big ? launch<Big, SDNQ_DT_BF16>(d, s) : launch<Small, SDNQ_DT_BF16>(d, s);
