@@ -163,7 +163,7 @@ def _i8_gemm_pays(M: int, N: int, K: int, device) -> bool:
     against 1.39 / 1.33x for cuBLASLt + epilogue; 3072x3072 0.96 against 0.75x)"""
     if device.type != "cuda":
         return True  # the host emulation: i8_gemm refuses there anyway
-    idx = device.index if device.index is not None else torch.cuda.current_device()
+    idx = kernels._device_index(device)
     sms = _SMS.get(idx)
     if sms is None:
         sms = _SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
