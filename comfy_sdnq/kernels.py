@@ -210,6 +210,36 @@ def dequantize(t: SdnqType, raw: torch.Tensor, scale: torch.Tensor, zero_point: 
     return out
 
 
+def dequantize_q8(t: SdnqType, raw: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                  view: tuple[int, int, int], out_shape: tuple[int, int], dtype: torch.dtype,
+                  row_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(q int8 [rows, cols], row scales fp32 [rows]): the weight dequantize() gives in dtype,
+    re-quantized per row to int8 as quantize_rows() does, in one CUDA pass that never writes the
+    dequantized weight. row_scale given: those scales (quantize_rows' own scales of that weight
+    give its bits); None: derived from the groups' ranges (the row's largest |w| at the groups'
+    extreme codes, / 127: quantize_rows' scale wherever each row holds a group's extreme code, and
+    never below it). None where the kernel does not take the layout (4- and 8-bit integer codes in
+    groups of whole 8-code units; nothing ran: the caller runs the two steps)."""
+    o, r, i = view
+    rows, cols = out_shape
+    if _C_cuda is None or rows * cols != o * r * i or raw.device.type not in _CUDA_DEVICE_TYPES:
+        return None
+    raw = raw.contiguous()
+    derive = row_scale is None
+    if derive:
+        row_scale = torch.empty((rows,), dtype=torch.float32, device=raw.device)
+    else:
+        row_scale = row_scale.to(torch.float32).contiguous()
+    q = torch.empty((rows, cols), dtype=torch.int8, device=raw.device)
+    ss = (_bstride(scale, 0), _bstride(scale, 2), scale.stride(1))
+    zs = (0, 0) if zero_point is None else (_bstride(zero_point, 0), _bstride(zero_point, 2))
+    st = _cuda_call(_C_cuda.dequantize_q8, raw, t.id, o, r, i, raw.data_ptr(), _nbytes(raw), scale.data_ptr(),
+                    _dt(scale.dtype), _span(scale), *ss, _ptr(zero_point),
+                    0 if zero_point is None else _span(zero_point), *zs, 0, q.data_ptr(), _dt(dtype), q.numel(),
+                    r * i, i, 1, rows, cols, row_scale.data_ptr(), row_scale.numel(), int(derive))
+    return (q, row_scale) if st == 0 else None
+
+
 def _bstride(t: torch.Tensor, dim: int) -> int:
     """stride of dim, 0 where it broadcasts"""
     return t.stride(dim) if t.shape[dim] > 1 else 0

@@ -24,7 +24,10 @@ The linear op on CUDA tensors (linear_cuda) picks one of:
                  (the tensor cores' partial sums are not promoted to fp32 as often: faster on
                  Hopper, less accurate over long K; sdnq accumulates in full precision)
     "w4a8"       COMFY_SDNQ_W4A8=1, 4-bit integer weights: re-quantized per row to int8 on the
-                 fly (dequantize with the SVD folded in, quantize_rows), then as w8a8_int8
+                 fly, then as w8a8_int8: in one pass from the codes with the row scales their
+                 groups' ranges give (kernels.dequantize_q8; the rows' amax / 127, as quantize_rows
+                 takes it, wherever a row holds its groups' extreme codes, as sdnq's quantizer
+                 leaves them), or with the SVD branch folded in, dequantize + quantize_rows
     "dequant"    otherwise: dequantize into a scratch weight (with the SVD correction fused into
                  the same kernel), then cuBLAS through F.linear
 Where the SVD branch is not folded into a weight (W8A8 with native int8/fp8 weights, matmul-ready
@@ -184,9 +187,17 @@ def _w8a8(x2, t, codes, scale, zero_point, view, out_shape, flags, bias, path, s
         b = b.view(torch.int8 if kind == "int8" else torch.float8_e4m3fn)
     else:  # re-quantize the dense weight per output row (W4A8, or a weight the GEMM can't take as is)
         folded = svd is not None and not transposed
-        w = kernels.dequantize(t, codes, scale, zero_point, tuple(view), tuple(out_shape), x2.dtype,
-                               transposed=transposed, codebook=codebook, svd=svd if folded else None)
-        b, b_scale = kernels.quantize_rows(w, kind)
+        # int8 in one pass from the codes where nothing is folded in, with the row scales the groups'
+        # ranges give (kernels.dequantize_q8); with the SVD branch folded in, two steps
+        one = None
+        if kind == "int8" and not transposed and not codebook and not folded:
+            one = kernels.dequantize_q8(t, codes, scale, zero_point, tuple(view), tuple(out_shape), x2.dtype)
+        if one is not None:
+            b, b_scale = one
+        else:
+            w = kernels.dequantize(t, codes, scale, zero_point, tuple(view), tuple(out_shape), x2.dtype,
+                                   transposed=transposed, codebook=codebook, svd=svd if folded else None)
+            b, b_scale = kernels.quantize_rows(w, kind)
         b_kn = False
     q, xs = kernels.quantize_rows(x2, kind)
     if kind == "int8" and not b_kn and _i8_gemm_pays(q.shape[0], b.shape[0], q.shape[1], x2.device):

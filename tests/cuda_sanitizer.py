@@ -165,6 +165,20 @@ def main():
             y = kernels.i8_gemm(a8, b8, sa, sb, bias, BF16)
             want = kernels.scale_epilogue(kernels.lt_matmul(a8, b8, False, torch.int32), sa, sb, bias, BF16)
             check(f"i8_gemm {M}x{N}x{K}", y is not None and bool(torch.equal(y, want)))
+    # the one-pass int8 re-quantization (the grouped kernel's int8 form) against its two steps, with
+    # quantize_rows' scales and with the scales it derives (never below them)
+    t = dtypes.get("uint4")
+    for rows, cols in ((72, 200), (130, 264)):
+        view = (rows * cols // 8, 8, 1)
+        raw = codes_for(t, rows * cols, gen).to(DEV)
+        scale, zp = side(t, view, gen)
+        scale, zp = scale.to(DEV), zp.to(DEV)
+        w = kernels.dequantize(t, raw, scale, zp, view, (rows, cols), BF16)
+        q, s = kernels.quantize_rows(w, "int8")
+        one = kernels.dequantize_q8(t, raw, scale, zp, view, (rows, cols), BF16, s)
+        check(f"dequantize_q8 {rows}x{cols}", one is not None and bool(torch.equal(one[0], q)))
+        one = kernels.dequantize_q8(t, raw, scale, zp, view, (rows, cols), BF16)
+        check(f"dequantize_q8 {rows}x{cols} derived scales", one is not None and bool((one[1] >= s).all()))
     for name, path in (("int8", "w8a8_int8"), ("float8_e4m3fn", "w8a8_fp8"), ("uint4", "w4a8")):
         t = dtypes.get(name)
         n_out, k_in, M = 24, 64, 20

@@ -831,6 +831,110 @@ def test_i8_gemm_checks():
     assert (out == 7.0).all()
 
 
+@pytest.mark.parametrize("name,group", [("uint4", 128), ("int4", 32), ("uint4", -1), ("int8", 64), ("int8", -1)])
+@pytest.mark.parametrize("xdt,sdt", [(BF16, F32), (F16, BF16), (BF16, BF16)])
+def test_dequantize_q8(name, group, xdt, sdt):
+    """the one-pass int8 re-quantization against its two steps: quantize_rows(dequantize(W)) gives
+    codes and row scales; dequantize_q8 with those scales must give the same codes bit for bit (the
+    weight rounded to x's dtype, divided by the row scale as quantize_rows divides - the row's
+    reciprocal and one correction, codec.h's sdnq_row_div - rounded half to even, clamped; a unit's
+    row by a multiply-high). 264 x 320: 4- and 8-bit codes, groups of 32, 64 and 128 within rows,
+    row-wise; a zero row scale gives zeros."""
+    t = dtypes.get(name)
+    gen = torch.Generator().manual_seed(t.id + group)
+    n_out, k_in = 264, 320
+    L = make_linear(name, n_out, k_in, group, gen, sdt=sdt)
+    args = (t, L["codes"], L["scale"], L["zero_point"], L["view"], (n_out, k_in))
+    w = kernels.dequantize(*args, xdt)
+    q, s = kernels.quantize_rows(w, "int8")
+    q1, s1 = kernels.dequantize_q8(*args, xdt, s)
+    assert q1.dtype == torch.int8 and q1.shape == (n_out, k_in) and torch.equal(s1, s)
+    assert torch.equal(q1, q)
+    s0 = s.clone()
+    s0[5] = 0
+    q0 = kernels.dequantize_q8(*args, xdt, s0)[0]
+    assert not q0[5].any() and torch.equal(q0[6:], q[6:])
+
+
+def test_dequantize_q8_refusals_and_checks():
+    """layouts the one-pass kernel does not take come back as None (nothing ran), inconsistent sizes
+    raise"""
+    gen = torch.Generator().manual_seed(9)
+    for name in ("uint11", "int5"):  # codes of other widths than 4 and 8 bits
+        L = make_linear(name, 64, 128, -1, gen)
+        args = (dtypes.get(name), L["codes"], L["scale"], L["zero_point"], L["view"], (64, 128))
+        assert kernels.dequantize_q8(*args, BF16, torch.ones(64, device=DEV)) is None
+    L = make_linear("uint4", 64, 128, 32, gen)
+    args = (dtypes.get("uint4"), L["codes"], L["scale"], L["zero_point"], L["view"], (64, 128))
+    assert kernels.dequantize_q8(*args, F32, torch.ones(64, device=DEV)) is None  # fp32 rounding
+    with pytest.raises(kernels._C_cuda.SdnqError):
+        kernels.dequantize_q8(*args, BF16, torch.ones(63, device=DEV))  # a row scale short
+
+
+@pytest.mark.parametrize("name,group", [("uint4", 128), ("int4", 64), ("uint4", -1), ("int8", 32)])
+def test_dequantize_q8_derived_scales(name, group):
+    """row scales derived from the groups' ranges: with each group's extreme codes present (as
+    sdnq's quantizer leaves them: the min and max of a group map to the lowest and highest code)
+    they are quantize_rows' scales of the dequantized weight, and the codes its codes, bit for bit;
+    with random codes never below them, and the codes those of the given-scales form"""
+    t = dtypes.get(name)
+    gen = torch.Generator().manual_seed(t.id + 7 * group)
+    n_out, k_in = 136, 256
+    L = make_linear(name, n_out, k_in, group, gen, sdt=F32)
+    view, shape = L["view"], (n_out, k_in)
+    red = view[1]
+    codes = L["codes"]
+    args = (L["scale"], L["zero_point"], view, shape)
+    raw = codes.view(torch.uint8).cpu().view(codes.dtype)
+    if t.is_packed:  # stored codes 0 .. 2^bits - 1 (values code + min)
+        c = kernels.unpack(t, raw, n_out * k_in).reshape(-1, red).clone()
+        c[:, 0], c[:, 1] = 0, (1 << t.bits) - 1  # each group's extremes present
+        full = to_dev(kernels.pack(t, c.reshape(-1)))
+    else:  # 8-bit natives: the values themselves
+        c = raw.reshape(-1, red).clone()
+        c[:, 0], c[:, 1] = int(t.min), int(t.min) + 255
+        full = to_dev(c.reshape(-1))
+    for raw, exact in ((full, True), (codes, False)):
+        w = kernels.dequantize(t, raw, *args, BF16)
+        q, s = kernels.quantize_rows(w, "int8")
+        q1, s1 = kernels.dequantize_q8(t, raw, *args, BF16)
+        if exact:
+            assert torch.equal(s1, s) and torch.equal(q1, q)
+        else:
+            assert bool((s1 >= s).all())
+            assert torch.equal(q1, kernels.dequantize_q8(t, raw, *args, BF16, s1)[0])
+
+
+def test_w4a8_one_pass(monkeypatch):
+    """the W4A8 path re-quantizes a grouped 4-bit weight in one pass on every call (nothing kept
+    between calls; inference tensors as ComfyUI's too), y the int8 GEMM's of those codes and
+    scales; a layer with the SVD branch folded into the re-quantized weight takes the two steps"""
+    calls = []
+    real = kernels.dequantize_q8
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(kernels, "dequantize_q8", counting)
+    monkeypatch.setenv("COMFY_SDNQ_W4A8", "1")
+    gen = torch.Generator().manual_seed(4)
+    L = make_linear("uint4", 128, 256, 128, gen, sdt=F32)
+    x = torch.randn(40, 256, generator=gen).to(BF16).to(DEV)
+    with torch.inference_mode():
+        y0, ran = ops.linear_cuda(x, bias=None, **L)
+        y1, _ = ops.linear_cuda(x, bias=None, **L)
+    assert ran == "w4a8" and len(calls) == 2 and torch.equal(y0, y1)
+    b, bs = real(dtypes.get("uint4"), L["codes"], L["scale"], L["zero_point"], L["view"], (128, 256), BF16)
+    q, xs = kernels.quantize_rows(x, "int8")
+    want = kernels.scale_epilogue(kernels.lt_matmul(q, b, False, torch.int32), xs, bs, None, BF16)
+    assert_bits_equal(y0, want)
+    calls.clear()
+    S = make_linear("uint4", 128, 256, 128, gen, sdt=F32, svd_rank=8)
+    assert ops.linear_cuda(x, bias=None, **S)[1] == "w4a8"
+    assert not calls
+
+
 def test_w8a8_matmul_ready_storage():
     """sdnq's [in, out] int8 storage: cuBLASLt may take it untransposed, else the op re-quantizes"""
     gen = torch.Generator().manual_seed(0)

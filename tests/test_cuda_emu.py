@@ -226,3 +226,21 @@ def test_emu_scale_epilogue(emu):
 
 def test_emu_i8_gemm_checks(emu):
     T.test_i8_gemm_checks()
+
+
+@pytest.mark.parametrize("name,group", [("uint4", 128), ("int4", 32), ("int8", -1)])
+def test_emu_dequantize_q8(emu, name, group):
+    T.test_dequantize_q8(name, group, torch.bfloat16, torch.float32)
+
+
+def test_emu_dequantize_q8_refusals_and_checks(emu):
+    T.test_dequantize_q8_refusals_and_checks()
+
+
+@pytest.mark.parametrize("name,group", [("uint4", 128), ("int4", 64)])
+def test_emu_dequantize_q8_derived_scales(emu, name, group):
+    T.test_dequantize_q8_derived_scales(name, group)
+
+
+def test_emu_w4a8_one_pass(emu, monkeypatch):
+    T.test_w4a8_one_pass(monkeypatch)

@@ -238,6 +238,12 @@ __device__ __forceinline__ float scale_value_rt(float v, float s, float z, bool 
     return sdnq_round_to(r, sdt);
 }
 
+/* v rounded half to even and clamped to int8: its two's-complement byte is the low byte of
+ * 1.5*2^23 + v (exact for |v| <= 128, ulp 1, round to nearest even) */
+__device__ __forceinline__ uint32_t q8_int8_bits(float v) {
+    return __float_as_uint(__fadd_rn(fminf(fmaxf(v, -128.0f), 127.0f), 12582912.0f));
+}
+
 /* ------------------------------------------------------------------------ */
 /* the packing unit of the fast kernels: 8 consecutive codes of a type of at */
 /* most 8 bits (a whole number of sdnq packing blocks for every such width)  */

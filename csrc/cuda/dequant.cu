@@ -20,15 +20,17 @@ template <int BITS> void launch_flat(const DequantArgs &a, cudaStream_t s) {
     });
 }
 
-template <int BITS> void launch_grouped(const DequantArgs &a, cudaStream_t s) {
+template <int BITS, bool Q8 = false> void launch_grouped(const DequantArgs &a, cudaStream_t s) {
     const int64_t work = (a.units + grouped_geom<BITS>::UNROLL - 1) / grouped_geom<BITS>::UNROLL;
     const unsigned grid = grid_for(work, FLAT_THREADS, (int64_t)device_sms() * FLAT_BLOCKS_PER_SM);
     with_arith_dtype(a.sdt, [&](auto S) {
         with_arith_dtype(a.odt, [&](auto O) {
             constexpr int SDT = decltype(S)::value, ODT = decltype(O)::value;
-            const auto kernel = a.asym ? &dequant_grouped_kernel<BITS, SDT, ODT, true>
-                                       : &dequant_grouped_kernel<BITS, SDT, ODT, false>;
-            SDNQ_LAUNCH(kernel, grid, FLAT_THREADS, s, a);
+            if constexpr (!Q8 || ODT != SDNQ_DT_F32) { /* the int8 form rounds to a 16-bit dtype first */
+                const auto kernel = a.asym ? &dequant_grouped_kernel<BITS, SDT, ODT, true, Q8>
+                                           : &dequant_grouped_kernel<BITS, SDT, ODT, false, Q8>;
+                SDNQ_LAUNCH(kernel, grid, FLAT_THREADS, s, a);
+            }
         });
     });
 }
@@ -198,5 +200,58 @@ extern "C" sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, cons
     if (blocks > tiles) blocks = tiles;
     const dim3 grid((unsigned)blocks);
     with_unit_bits(a.t.bits, [&](auto B) { launch_svd<decltype(B)::value>(sa, grid, s); });
+    return launch_status();
+}
+
+extern "C" sdnq_status sdnq_cuda_dequantize_q8(const sdnq_dequant_desc *d0, const sdnq_q8_desc *q, void *stream) {
+    if (d0 == NULL || q == NULL) return SDNQ_ERR_NULL;
+    if (q->rows < 0 || q->cols < 0 || q->q_numel < 0 || q->row_scale_numel < 0) return SDNQ_ERR_SIZE;
+    /* the weight as sdnq_cuda_dequantize describes it, written as int8 into q in code order */
+    sdnq_dequant_desc d = *d0;
+    d.out = q->q;
+    d.out_numel = q->q_numel;
+    d.out_stride[0] = d.red * d.inner;
+    d.out_stride[1] = d.inner;
+    d.out_stride[2] = 1;
+    DequantArgs a;
+    int64_t n;
+    sdnq_status st = dequant_args(&d, &a, &n);
+    if (st != SDNQ_OK) return st;
+    if (sdnq_mul64(q->rows, q->cols) != n) return SDNQ_ERR_SIZE;
+    if (q->row_scale_numel < q->rows) return SDNQ_ERR_RANGE;
+    if (q->derive_scales != 0 && q->derive_scales != 1) return SDNQ_ERR_SIZE;
+    if (n == 0) return SDNQ_OK;
+    if (q->q == NULL || q->row_scale == NULL) return SDNQ_ERR_NULL;
+    /* the grouped kernel only, for 4- and 8-bit integer codes (the W4A8 path's, and grouped int8
+     * weights on the W8A8 path): whole 8-code units in one scale group each, rows of whole units,
+     * 16-byte aligned codes and output */
+    if ((a.t.bits != 4 && a.t.bits != 8) || !a.t.is_integer || d.codebook || d.inner != 1 || d.red % UNIT != 0 ||
+        q->cols % UNIT != 0 || n > INT32_MAX || !aligned(d.codes, 16) || !aligned(q->q, 16) ||
+        (d.out_dtype != SDNQ_DT_BF16 && d.out_dtype != SDNQ_DT_F16))
+        return SDNQ_ERR_UNSUPPORTED;
+    a.units = n / UNIT;
+    a.gunits = (uint32_t)(d.red / UNIT);
+    a.gmagic = a.gunits > 1 ? UINT64_MAX / a.gunits + 1 : 0;
+    a.q8_upr = (uint32_t)(q->cols / UNIT);
+    a.q8_rmagic = a.q8_upr > 1 ? UINT64_MAX / a.q8_upr + 1 : 0;
+    const cudaStream_t s = as_stream(stream);
+    if (q->derive_scales) { /* the codes' values are code + min for the integer types */
+        const float vlo = (float)a.t.min, vhi = (float)(a.t.min + ((1 << a.t.bits) - 1));
+        const unsigned grid = grid_for(q->rows, Q8_SCALE_THREADS / 32, (int64_t)device_sms() * 8);
+        with_arith_dtype(a.sdt, [&](auto S) {
+            constexpr int SDT = decltype(S)::value;
+            const auto launch = [&](auto O) {
+                constexpr int ODT = decltype(O)::value;
+                const auto kernel =
+                    a.asym ? &q8_row_scale_kernel<SDT, ODT, true> : &q8_row_scale_kernel<SDT, ODT, false>;
+                SDNQ_LAUNCH(kernel, grid, Q8_SCALE_THREADS, s, a, q->rows, q->cols, vlo, vhi, q->row_scale);
+            };
+            if (a.odt == SDNQ_DT_BF16) launch(dt_const<SDNQ_DT_BF16>{});
+            else launch(dt_const<SDNQ_DT_F16>{});
+        });
+    }
+    a.q8_scale = q->row_scale;
+    if (a.t.bits == 4) launch_grouped<4, true>(a, s);
+    else launch_grouped<8, true>(a, s);
     return launch_status();
 }

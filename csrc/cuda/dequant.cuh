@@ -74,7 +74,57 @@ struct DequantArgs {
      * group(u) = __umul64hi(u, gmagic) exactly for every u < 2^32 (gunits >= 2) */
     uint32_t gunits;
     uint64_t gmagic;
+    /* int8 output (sdnq_cuda_dequantize_q8, the grouped kernel's Q8 form): each value, rounded to the output
+     * dtype, divided by its row's q8_scale and rounded to int8 as quantize_rows does; q8_upr units
+     * per row and ceil(2^64 / q8_upr) give a unit's row by a multiply-high */
+    const float *q8_scale;
+    uint32_t q8_upr;
+    uint64_t q8_rmagic;
 };
+
+/* 8 values already rounded to their dtype -> clamp(round_half_even(v / s), -128, 127), quantize_rows'
+ * codes for a row scale s (zeros where s is 0), 8 bytes at out + e0 (8-byte aligned); v / s as
+ * quantize_rows divides (codec.h's sdnq_row_div with the row's reciprocal, the division outside its
+ * range of scales) */
+__device__ __forceinline__ void store_unit_q8(void *out, int64_t e0, const float (&r)[UNIT], float s) {
+    const bool quick = sdnq_row_div_quick(s);
+    const float rs = __frcp_rn(s);
+    uint32_t b[UNIT];
+#pragma unroll
+    for (int k = 0; k < UNIT; k++)
+        b[k] = q8_int8_bits(quick ? sdnq_row_div(r[k], s, rs) : s > 0.0f ? __fdiv_rn(r[k], s) : 0.0f);
+    const uint32_t p0 = __byte_perm(b[0], b[1], 0x0040), p1 = __byte_perm(b[2], b[3], 0x0040);
+    const uint32_t p2 = __byte_perm(b[4], b[5], 0x0040), p3 = __byte_perm(b[6], b[7], 0x0040);
+    *(uint2 *)((int8_t *)out + e0) = make_uint2(__byte_perm(p0, p1, 0x5410), __byte_perm(p2, p3, 0x5410));
+}
+
+/* sdnq_cuda_dequantize_q8's derived row scales, a warp per row: the largest |w| of the row's groups'
+ * values at codes vlo and vhi (the type's extremes), rounded to ODT as the dequantizer rounds (the
+ * lanes take every 32nd group, their loads in flight together; then a shuffle reduction), / 127 as
+ * quantize_rows divides. Row r's elements [r * cols, (r + 1) * cols) lie in groups r * cols / red
+ * .. ((r + 1) * cols - 1) / red. */
+constexpr int Q8_SCALE_THREADS = 256;
+
+template <int SDT, int ODT, bool ASYM>
+__global__ void __launch_bounds__(Q8_SCALE_THREADS)
+    q8_row_scale_kernel(const DequantArgs a, int64_t rows, int64_t cols, float vlo, float vhi, float *scale) {
+    const int lane = threadIdx.x % 32;
+    const int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
+    for (int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
+        const int64_t g1 = ((r + 1) * cols - 1) / a.red;
+        float m = 0.0f;
+#pragma unroll 4
+        for (int64_t g = r * cols / a.red + lane; g <= g1; g += 32) {
+            const float s = ld_float<SDT>(a.scale, g * a.ss0), z = ASYM ? ld_float<SDT>(a.zp, g * a.zs0) : 0.0f;
+            const float lo = round_to_hw<ODT>(dq_value<SDT, ODT, ASYM>(vlo, s, z));
+            const float hi = round_to_hw<ODT>(dq_value<SDT, ODT, ASYM>(vhi, s, z));
+            m = fmaxf(m, fmaxf(fabsf(lo), fabsf(hi)));
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off /= 2) m = fmaxf(m, __shfl_xor_sync(0xFFFFFFFFu, m, off));
+        if (lane == 0) scale[r] = __fdiv_rn(m, 127.0f);
+    }
+}
 
 constexpr int FLAT_THREADS = 256;
 constexpr int FLAT_BLOCKS_PER_SM = 8; /* the flat kernel's grid: SMs x this (grid-stride loop) */
@@ -267,7 +317,7 @@ template <int BITS> struct grouped_geom {
  * units have all their loads in flight at once and no load waits on another.
  */
 /* one step of a thread: units base + q*nt + threadIdx.x (q < UNROLL); FULL: all of them exist */
-template <int BITS, int SDT, int ODT, bool ASYM, bool FULL>
+template <int BITS, int SDT, int ODT, bool ASYM, bool Q8, bool FULL>
 __device__ __forceinline__ void grouped_step(const DequantArgs &a, const float *lut, uint32_t base, uint32_t units) {
     constexpr int UB = unit_geom<BITS>::bytes, UNROLL = grouped_geom<BITS>::UNROLL;
     const uint32_t nt = blockDim.x, nbytes = units * UB;
@@ -292,12 +342,18 @@ __device__ __forceinline__ void grouped_step(const DequantArgs &a, const float *
             float r[UNIT];
 #pragma unroll
             for (int k = 0; k < UNIT; k++) r[k] = dq_value<SDT, ODT, ASYM>(lut[c[k]], s[q], z[q]);
-            store_unit<ODT>(a.out, (int64_t)u * UNIT, r);
+            if constexpr (Q8) {
+                round_unit_hw<ODT>(r);
+                const uint32_t row = a.q8_upr == 1 ? u : (uint32_t)__umul64hi((unsigned long long)u, a.q8_rmagic);
+                store_unit_q8(a.out, (int64_t)u * UNIT, r, __ldg(a.q8_scale + row));
+            } else {
+                store_unit<ODT>(a.out, (int64_t)u * UNIT, r);
+            }
         }
     }
 }
 
-template <int BITS, int SDT, int ODT, bool ASYM>
+template <int BITS, int SDT, int ODT, bool ASYM, bool Q8 = false>
 __global__ void __launch_bounds__(FLAT_THREADS, 4) dequant_grouped_kernel(const DequantArgs a) {
     __shared__ float lut[1 << BITS];
     build_lut(lut, a.t, SDT);
@@ -305,8 +361,8 @@ __global__ void __launch_bounds__(FLAT_THREADS, 4) dequant_grouped_kernel(const 
     const uint32_t units = (uint32_t)a.units, tile = blockDim.x * grouped_geom<BITS>::UNROLL;
     const uint32_t stride = gridDim.x * tile;
     uint32_t base = blockIdx.x * tile;
-    for (; base + tile <= units; base += stride) grouped_step<BITS, SDT, ODT, ASYM, true>(a, lut, base, units);
-    if (base < units) grouped_step<BITS, SDT, ODT, ASYM, false>(a, lut, base, units);
+    for (; base + tile <= units; base += stride) grouped_step<BITS, SDT, ODT, ASYM, Q8, true>(a, lut, base, units);
+    if (base < units) grouped_step<BITS, SDT, ODT, ASYM, Q8, false>(a, lut, base, units);
 }
 
 /* ------------------------------------------------------------------------ */

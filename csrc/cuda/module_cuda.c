@@ -19,6 +19,8 @@
  *                    os0, os1, os2, stream) -> None
  *     def dequantize_svd(<dequantize's arguments but stream>, rows, cols, rank, up, up_dtype, up_numel,
  *                        us0, us1, down, down_dtype, down_numel, ds0, ds1, stream) -> None
+ *     def dequantize_q8(<dequantize's arguments but stream; out = q, int8>, rows, cols, row_scale,
+ *                       row_scale_numel, derive_scales, stream) -> int   # 0: launched; UNSUPPORTED: refused
  *     def svd_add(w, w_dtype, rows, cols, w_numel, rank, up, up_dtype, up_numel, us0, us1,
  *                 down, down_dtype, down_numel, ds0, ds1, stream) -> None
  *     def hadamard(w, w_dtype, rows, cols, w_numel, h, kind, stream) -> None
@@ -103,6 +105,29 @@ static PyObject *dequantize_svd(PyObject *module, PyObject *const *args, Py_ssiz
                             a[28], a[29], a[30], a[31], a[32], a[33], a[34], a[35]};
     sdnq_svd_desc s = svd_desc_from(sv);
     DONE("dequantize_svd", sdnq_cuda_dequantize_svd(&d, &s, PTR(a[36])));
+}
+
+PyDoc_STRVAR(dequantize_q8_doc, "dequantize_q8(<dequantize's arguments but stream, out = q (int8), out_dtype = "
+                                "w's rounding, out_numel = q's>, rows, cols, row_scale, row_scale_numel, derive_scales, "
+                                "stream) -> "
+                                "0 when launched, UNSUPPORTED when refused (nothing ran)");
+
+static PyObject *dequantize_q8(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    int64_t a[29];
+    if (parse_i64("dequantize_q8", args, nargs, 29, a) < 0) return NULL;
+    sdnq_dequant_desc d = dequant_desc_from(a);
+    const sdnq_q8_desc q = {
+        .q = (int8_t *)PTR(a[17]),
+        .q_numel = a[19],
+        .rows = a[23],
+        .cols = a[24],
+        .row_scale = (float *)PTR(a[25]),
+        .row_scale_numel = a[26],
+        .derive_scales = (int32_t)a[27],
+    };
+    sdnq_status st = sdnq_cuda_dequantize_q8(&d, &q, PTR(a[28]));
+    if (st != SDNQ_OK && st != SDNQ_ERR_UNSUPPORTED) return raise_status(module, "dequantize_q8", st);
+    return PyLong_FromLong((long)st);
 }
 
 PyDoc_STRVAR(svd_add_doc, "svd_add(w, w_dtype, rows, cols, w_numel, rank, up, up_dtype, up_numel, us0, us1, "
@@ -357,6 +382,7 @@ static PyMethodDef module_methods[] = {
     {"quantize_rows",  (PyCFunction)(void (*)(void))quantize_rows,  METH_FASTCALL, quantize_rows_doc},
     {"scale_epilogue", (PyCFunction)(void (*)(void))scale_epilogue, METH_FASTCALL, scale_epilogue_doc},
     {"lt_matmul",      (PyCFunction)(void (*)(void))lt_matmul,      METH_FASTCALL, lt_matmul_doc},
+    {"dequantize_q8",  (PyCFunction)(void (*)(void))dequantize_q8,  METH_FASTCALL, dequantize_q8_doc},
     {"i8_gemm",        (PyCFunction)(void (*)(void))i8_gemm,        METH_FASTCALL, i8_gemm_doc},
     {"i8_gemm_available", (PyCFunction)(void (*)(void))i8_gemm_available, METH_FASTCALL, i8_gemm_available_doc},
     {NULL, NULL, 0, NULL},

@@ -70,12 +70,6 @@ __global__ void __launch_bounds__(QROW_THREADS)
 /* ------------------------------------------------------------------------ */
 /* vector versions: rows of 16-bit x whose columns are a multiple of 8        */
 
-/* v rounded half to even and clamped to int8: its two's-complement byte is the low byte of
- * 1.5*2^23 + v (exact for |v| <= 128, ulp 1, round to nearest even) */
-__device__ __forceinline__ uint32_t q8_int8_bits(float v) {
-    return __float_as_uint(__fadd_rn(fminf(fmaxf(v, -128.0f), 127.0f), 12582912.0f));
-}
-
 /* fp8 e4m3 code of v (NaN -> 0, clamped to +-448, round to nearest even) */
 __device__ __forceinline__ uint32_t q8_fp8(float v) {
     const float c = v != v ? 0.0f : fminf(fmaxf(v, -448.0f), 448.0f);

@@ -45,6 +45,29 @@ SDNQ_API sdnq_status sdnq_cuda_dequantize(const sdnq_dequant_desc *d, void *stre
  * launches in sequence. */
 SDNQ_API sdnq_status sdnq_cuda_dequantize_svd(const sdnq_dequant_desc *d, const sdnq_svd_desc *svd, void *stream);
 
+/* The weight that sdnq_cuda_dequantize would write in d->out_dtype (BF16/F16), re-quantized per row
+ * to int8 as quantize_rows does, in one pass that never writes that weight: q[r, c] =
+ * clamp(round_half_even(w[r, c] / row_scale[r]), -128, 127) (0 where row_scale[r] is 0), the
+ * division as quantize_rows divides. With derive_scales, row_scale[r] is written first: the bound
+ * of |w| over row r that its groups' ranges give, divided by 127 (each group's values at the lowest
+ * and the highest code, rounded to out_dtype: dequantization is monotonic in the code, so this is
+ * the row's amax - quantize_rows' scale - wherever each row holds a group's extreme code, and never
+ * below it); otherwise row_scale is read (quantize_rows' own scales of w give its bits). d's out
+ * pointer, size and strides are ignored (its dtype is w's rounding); q is [rows, cols] row-major,
+ * rows x cols the weight's elements in code order. 4- and 8-bit integer codes through the grouped
+ * kernel only: otherwise (other widths and families, codebooks, groups not of whole 8-code units,
+ * cols % 8, codes or q not 16-byte aligned, an F32 rounding) SDNQ_ERR_UNSUPPORTED. */
+typedef struct sdnq_q8_desc {
+    int8_t *q;
+    int64_t q_numel;
+    int64_t rows, cols;
+    float *row_scale;
+    int64_t row_scale_numel;
+    int32_t derive_scales;
+} sdnq_q8_desc;
+
+SDNQ_API sdnq_status sdnq_cuda_dequantize_q8(const sdnq_dequant_desc *d, const sdnq_q8_desc *q, void *stream);
+
 /* sdnq_svd_add on device: w[r, c] += sum_k up[r, k] * down[k, c], fp32
  * products and sums in increasing k (the CPU core's order), one rounding. */
 SDNQ_API sdnq_status sdnq_cuda_svd_add(const sdnq_svd_desc *d, void *stream);
