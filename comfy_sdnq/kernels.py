@@ -187,13 +187,9 @@ def dequantize(t: SdnqType, raw: torch.Tensor, scale: torch.Tensor, zero_point: 
             reference.svd_add_(out.view(out_shape[0], -1), svd[0], svd[1])
         return out
     raw = raw.contiguous()
-    ss = (_bstride(scale, 0), _bstride(scale, 2), scale.stride(1))
-    zs = (0, 0) if zero_point is None else (_bstride(zero_point, 0), _bstride(zero_point, 2))
-    os_ = (0, 1, r) if transposed else (r * i, i, 1)
     out = torch.empty(out_shape, dtype=out_dtype, device=raw.device)
-    args = (t.id, o, r, i, raw.data_ptr(), _nbytes(raw), scale.data_ptr(), _dt(scale.dtype), _span(scale),
-            *ss, _ptr(zero_point), 0 if zero_point is None else _span(zero_point), *zs, int(codebook),
-            out.data_ptr(), _dt(out_dtype), out.numel(), *os_)
+    args = _dequant_args(t, raw, scale, zero_point, view, codebook, out, out_dtype,
+                         (0, 1, r) if transposed else (r * i, i, 1))
     if impl == "cuda" and svd is not None and not transposed:
         up, down = svd
         rows = out_shape[0]
@@ -231,13 +227,24 @@ def dequantize_q8(t: SdnqType, raw: torch.Tensor, scale: torch.Tensor, zero_poin
     else:
         row_scale = row_scale.to(torch.float32).contiguous()
     q = torch.empty((rows, cols), dtype=torch.int8, device=raw.device)
+    args = _dequant_args(t, raw, scale, zero_point, view, False, q, dtype, (r * i, i, 1))
+    st = _cuda_call(_C_cuda.dequantize_q8, raw, *args, rows, cols, row_scale.data_ptr(), row_scale.numel(),
+                    int(derive))
+    return (q, row_scale) if st == 0 else None
+
+
+def _dequant_args(t: SdnqType, raw: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | None,
+                  view: tuple[int, int, int], codebook: bool, out: torch.Tensor, out_dtype: torch.dtype,
+                  out_strides: tuple[int, int, int]) -> tuple:
+    """the extension's dequantize arguments but the stream: the type, the view, the codes, scale
+    and zero point with their broadcast strides, the output (out_dtype: its dtype, or the rounding
+    of dequantize_q8's weight) with its strides over the view"""
+    o, r, i = view
     ss = (_bstride(scale, 0), _bstride(scale, 2), scale.stride(1))
     zs = (0, 0) if zero_point is None else (_bstride(zero_point, 0), _bstride(zero_point, 2))
-    st = _cuda_call(_C_cuda.dequantize_q8, raw, t.id, o, r, i, raw.data_ptr(), _nbytes(raw), scale.data_ptr(),
-                    _dt(scale.dtype), _span(scale), *ss, _ptr(zero_point),
-                    0 if zero_point is None else _span(zero_point), *zs, 0, q.data_ptr(), _dt(dtype), q.numel(),
-                    r * i, i, 1, rows, cols, row_scale.data_ptr(), row_scale.numel(), int(derive))
-    return (q, row_scale) if st == 0 else None
+    return (t.id, o, r, i, raw.data_ptr(), _nbytes(raw), scale.data_ptr(), _dt(scale.dtype), _span(scale), *ss,
+            _ptr(zero_point), 0 if zero_point is None else _span(zero_point), *zs, int(codebook), out.data_ptr(),
+            _dt(out_dtype), out.numel(), *out_strides)
 
 
 def _bstride(t: torch.Tensor, dim: int) -> int:

@@ -138,6 +138,33 @@ static inline int device_cc_major(void) {
 #endif
 }
 
+/* kernel<<<grid, block, 0, s>>>(args...), as a programmatic dependent launch of the stream's
+ * previous kernel when pdl (sm_90+: gemv.cu's low-rank kernel behind the GEMV and the finishing
+ * kernel behind either, dequant.cu's int8 re-quantization behind its row scales); a launch the
+ * device refuses is made again as an ordinary one */
+template <class Kernel, class... Args>
+void launch_maybe_pdl(Kernel kernel, unsigned grid, unsigned block, cudaStream_t s, bool pdl, Args... args) {
+#ifndef SDNQ_CUDA_EMU
+    if (pdl) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(grid);
+        cfg.blockDim = dim3(block);
+        cfg.dynamicSmemBytes = 0;
+        cfg.stream = s;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        if (cudaLaunchKernelEx(&cfg, kernel, args...) == cudaSuccess) return;
+        (void)cudaGetLastError();
+    }
+#else
+    (void)pdl;
+#endif
+    SDNQ_LAUNCH(kernel, grid, block, s, args...);
+}
+
 /* ------------------------------------------------------------------------ */
 /* device side: dtype-templated element access                               */
 

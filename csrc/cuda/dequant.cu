@@ -20,7 +20,8 @@ template <int BITS> void launch_flat(const DequantArgs &a, cudaStream_t s) {
     });
 }
 
-template <int BITS, bool Q8 = false> void launch_grouped(const DequantArgs &a, cudaStream_t s) {
+/* pdl: the int8 form as a programmatic dependent launch of the row-scale kernel before it */
+template <int BITS, bool Q8 = false> void launch_grouped(const DequantArgs &a, cudaStream_t s, bool pdl = false) {
     const int64_t work = (a.units + grouped_geom<BITS>::UNROLL - 1) / grouped_geom<BITS>::UNROLL;
     const unsigned grid = grid_for(work, FLAT_THREADS, (int64_t)device_sms() * FLAT_BLOCKS_PER_SM);
     with_arith_dtype(a.sdt, [&](auto S) {
@@ -29,7 +30,7 @@ template <int BITS, bool Q8 = false> void launch_grouped(const DequantArgs &a, c
             if constexpr (!Q8 || ODT != SDNQ_DT_F32) { /* the int8 form rounds to a 16-bit dtype first */
                 const auto kernel = a.asym ? &dequant_grouped_kernel<BITS, SDT, ODT, true, Q8>
                                            : &dequant_grouped_kernel<BITS, SDT, ODT, false, Q8>;
-                SDNQ_LAUNCH(kernel, grid, FLAT_THREADS, s, a);
+                launch_maybe_pdl(kernel, grid, FLAT_THREADS, s, pdl, a);
             }
         });
     });
@@ -251,7 +252,8 @@ extern "C" sdnq_status sdnq_cuda_dequantize_q8(const sdnq_dequant_desc *d0, cons
         });
     }
     a.q8_scale = q->row_scale;
-    if (a.t.bits == 4) launch_grouped<4, true>(a, s);
-    else launch_grouped<8, true>(a, s);
+    const bool pdl = q->derive_scales && device_cc_major() >= 9;
+    if (a.t.bits == 4) launch_grouped<4, true>(a, s, pdl);
+    else launch_grouped<8, true>(a, s, pdl);
     return launch_status();
 }

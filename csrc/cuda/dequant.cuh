@@ -108,6 +108,7 @@ constexpr int Q8_SCALE_THREADS = 256;
 template <int SDT, int ODT, bool ASYM>
 __global__ void __launch_bounds__(Q8_SCALE_THREADS)
     q8_row_scale_kernel(const DequantArgs a, int64_t rows, int64_t cols, float vlo, float vhi, float *scale) {
+    grid_dependency_trigger(); /* the quantizing kernel may start: it waits for these scales */
     const int lane = threadIdx.x % 32;
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
     for (int64_t r = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
@@ -333,6 +334,9 @@ __device__ __forceinline__ void grouped_step(const DequantArgs &a, const float *
             if constexpr (ASYM) z[q] = ld_float<SDT>(a.zp, (int64_t)g * a.zs0);
         }
     }
+    /* the int8 form: the row scales come from the kernel before (a programmatic dependent launch
+     * of it on sm_90+): the loads above were issued while it ran */
+    if constexpr (Q8) grid_dependency_wait();
 #pragma unroll
     for (int q = 0; q < UNROLL; q++) {
         const uint32_t u = base + q * nt + threadIdx.x;

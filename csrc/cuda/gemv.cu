@@ -239,32 +239,6 @@ bool int_decode(const sdnq_type_traits *t) {
     return t->storage == SDNQ_DT_I8 || t->storage == SDNQ_DT_U8;
 }
 
-/* kernel<<<grid, block, 0, s>>>(args...), as a programmatic dependent launch of the stream's
- * previous kernel when pdl (sm_90+: the low-rank kernel behind the GEMV, the finishing kernel
- * behind either); a launch the device refuses is made again as an ordinary one */
-template <class Kernel, class... Args>
-void launch_maybe_pdl(Kernel kernel, unsigned grid, unsigned block, cudaStream_t s, bool pdl, Args... args) {
-#ifndef SDNQ_CUDA_EMU
-    if (pdl) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(grid);
-        cfg.blockDim = dim3(block);
-        cfg.dynamicSmemBytes = 0;
-        cfg.stream = s;
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        if (cudaLaunchKernelEx(&cfg, kernel, args...) == cudaSuccess) return;
-        (void)cudaGetLastError();
-    }
-#else
-    (void)pdl;
-#endif
-    SDNQ_LAUNCH(kernel, grid, block, s, args...);
-}
-
 template <int BITS, int NT, int DEC, bool FACT>
 void launch_gemv(const GemvArgs &a, int32_t xdt, int32_t sdt, unsigned grid, cudaStream_t s) {
     with_arith_dtype(sdt, [&](auto S) {
