@@ -236,7 +236,7 @@ extern "C" sdnq_status sdnq_cuda_dequantize_q8(const sdnq_dequant_desc *d0, cons
     a.q8_upr = (uint32_t)(q->cols / UNIT);
     a.q8_rmagic = a.q8_upr > 1 ? UINT64_MAX / a.q8_upr + 1 : 0;
     const cudaStream_t s = as_stream(stream);
-    if (q->derive_scales) { /* the codes' values are code + min for the integer types */
+    if (q->derive_scales) { /* an integer type's values span [min, min + 2^bits - 1] */
         const float vlo = (float)a.t.min, vhi = (float)(a.t.min + ((1 << a.t.bits) - 1));
         const unsigned grid = grid_for(q->rows, Q8_SCALE_THREADS / 32, (int64_t)device_sms() * 8);
         with_arith_dtype(a.sdt, [&](auto S) {

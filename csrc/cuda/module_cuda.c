@@ -108,9 +108,8 @@ static PyObject *dequantize_svd(PyObject *module, PyObject *const *args, Py_ssiz
 }
 
 PyDoc_STRVAR(dequantize_q8_doc, "dequantize_q8(<dequantize's arguments but stream, out = q (int8), out_dtype = "
-                                "w's rounding, out_numel = q's>, rows, cols, row_scale, row_scale_numel, derive_scales, "
-                                "stream) -> "
-                                "0 when launched, UNSUPPORTED when refused (nothing ran)");
+                                "w's rounding, out_numel = q's>, rows, cols, row_scale, row_scale_numel, "
+                                "derive_scales, stream) -> 0 when launched, UNSUPPORTED when refused (nothing ran)");
 
 static PyObject *dequantize_q8(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     int64_t a[29];
