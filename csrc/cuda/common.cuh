@@ -23,6 +23,7 @@
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #endif
 
@@ -269,6 +270,41 @@ __device__ __forceinline__ float scale_value_rt(float v, float s, float z, bool 
  * 1.5*2^23 + v (exact for |v| <= 128, ulp 1, round to nearest even) */
 __device__ __forceinline__ uint32_t q8_int8_bits(float v) {
     return __float_as_uint(__fadd_rn(fminf(fmaxf(v, -128.0f), 127.0f), 12582912.0f));
+}
+
+/* x / s for per-row quantization by a row scale s: with quick (sdnq_row_div_quick(s), uniform over
+ * the row) one product with the row's reciprocal rs and a correction, codec.h's sdnq_row_div;
+ * otherwise the division itself (0 for a zero scale) */
+__device__ __forceinline__ float row_quotient(float x, float s, float rs, bool quick) {
+    return quick ? sdnq_row_div(x, s, rs) : s > 0.0f ? __fdiv_rn(x, s) : 0.0f;
+}
+
+/* fp8 e4m3 code of v (NaN -> 0, clamped to +-448, round to nearest even) */
+__device__ __forceinline__ uint32_t q8_fp8(float v) {
+    const float c = v != v ? 0.0f : fminf(fmaxf(v, -448.0f), 448.0f);
+    return sdnq_f32_to_fp8(c, SDNQ_DT_F8_E4M3FN);
+}
+
+/* the int8 / e4m3 codes of 8 quotients, byte k from v[k]: pairs of codes in the low 16 bits of
+ * w[p] (byte permutes; e4m3 through the hardware's saturating pair conversion on sm_89+, which
+ * clamps to +-448 as q8_fp8 does), then two pairs per 32-bit word */
+template <int QDT> __device__ __forceinline__ uint2 q8_pack(const float (&v)[8]) {
+    uint32_t w[4];
+#pragma unroll
+    for (int p = 0; p < 4; p++) {
+        if constexpr (QDT == SDNQ_DT_I8) {
+            w[p] = __byte_perm(q8_int8_bits(v[2 * p]), q8_int8_bits(v[2 * p + 1]), 0x0040);
+        } else {
+#if defined(SDNQ_CUDA_EMU) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890)
+            w[p] = q8_fp8(v[2 * p]) | (q8_fp8(v[2 * p + 1]) << 8);
+#else
+            const float a = v[2 * p] == v[2 * p] ? v[2 * p] : 0.0f;
+            const float b = v[2 * p + 1] == v[2 * p + 1] ? v[2 * p + 1] : 0.0f;
+            w[p] = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
+#endif
+        }
+    }
+    return make_uint2(__byte_perm(w[0], w[1], 0x5410), __byte_perm(w[2], w[3], 0x5410));
 }
 
 /* ------------------------------------------------------------------------ */

@@ -89,13 +89,10 @@ struct DequantArgs {
 __device__ __forceinline__ void store_unit_q8(void *out, int64_t e0, const float (&r)[UNIT], float s) {
     const bool quick = sdnq_row_div_quick(s);
     const float rs = __frcp_rn(s);
-    uint32_t b[UNIT];
+    float v[UNIT];
 #pragma unroll
-    for (int k = 0; k < UNIT; k++)
-        b[k] = q8_int8_bits(quick ? sdnq_row_div(r[k], s, rs) : s > 0.0f ? __fdiv_rn(r[k], s) : 0.0f);
-    const uint32_t p0 = __byte_perm(b[0], b[1], 0x0040), p1 = __byte_perm(b[2], b[3], 0x0040);
-    const uint32_t p2 = __byte_perm(b[4], b[5], 0x0040), p3 = __byte_perm(b[6], b[7], 0x0040);
-    *(uint2 *)((int8_t *)out + e0) = make_uint2(__byte_perm(p0, p1, 0x5410), __byte_perm(p2, p3, 0x5410));
+    for (int k = 0; k < UNIT; k++) v[k] = row_quotient(r[k], s, rs, quick);
+    *(uint2 *)((int8_t *)out + e0) = q8_pack<SDNQ_DT_I8>(v);
 }
 
 /* sdnq_cuda_dequantize_q8's derived row scales, a warp per row: the largest |w| of the row's groups'

@@ -22,9 +22,6 @@
 #define SDNQ_CUDA_W8A8_CUH
 
 #include "common.cuh"
-#ifndef SDNQ_CUDA_EMU
-#include <cuda_fp8.h>
-#endif
 
 namespace sdnq_cuda {
 
@@ -70,33 +67,6 @@ __global__ void __launch_bounds__(QROW_THREADS)
 /* ------------------------------------------------------------------------ */
 /* vector versions: rows of 16-bit x whose columns are a multiple of 8        */
 
-/* fp8 e4m3 code of v (NaN -> 0, clamped to +-448, round to nearest even) */
-__device__ __forceinline__ uint32_t q8_fp8(float v) {
-    const float c = v != v ? 0.0f : fminf(fmaxf(v, -448.0f), 448.0f);
-    return sdnq_f32_to_fp8(c, SDNQ_DT_F8_E4M3FN);
-}
-
-/* the int8 / e4m3 codes of 8 quotients, byte k from v[k]: pairs of codes in the low 16 bits of
- * w[p] (byte permutes; e4m3 through the hardware's saturating pair conversion on sm_89+, which
- * clamps to +-448 as q8_fp8 does), then two pairs per 32-bit word */
-template <int QDT> __device__ __forceinline__ uint2 q8_pack(const float (&v)[8]) {
-    uint32_t w[4];
-#pragma unroll
-    for (int p = 0; p < 4; p++) {
-        if constexpr (QDT == SDNQ_DT_I8) {
-            w[p] = __byte_perm(q8_int8_bits(v[2 * p]), q8_int8_bits(v[2 * p + 1]), 0x0040);
-        } else {
-#if defined(SDNQ_CUDA_EMU) || (defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890)
-            w[p] = q8_fp8(v[2 * p]) | (q8_fp8(v[2 * p + 1]) << 8);
-#else
-            const float a = v[2 * p] == v[2 * p] ? v[2 * p] : 0.0f;
-            const float b = v[2 * p + 1] == v[2 * p + 1] ? v[2 * p + 1] : 0.0f;
-            w[p] = __nv_cvt_float2_to_fp8x2(make_float2(a, b), __NV_SATFINITE, __NV_E4M3);
-#endif
-        }
-    }
-    return make_uint2(__byte_perm(w[0], w[1], 0x5410), __byte_perm(w[2], w[3], 0x5410));
-}
 
 /*
  * quantize_rows_vec_kernel<XDT, QDT, V>: one row per block of blockDim.x threads (a multiple of
@@ -158,7 +128,7 @@ __global__ void __launch_bounds__(QROW_MAX_THREADS)
 #pragma unroll
                 for (int k = 0; k < 8; k++) {
                     const float xv = from_bits16<XDT>((w[k / 2] >> (16 * (k % 2))) & 0xFFFFu);
-                    qv[k] = decltype(QUICK)::value ? sdnq_row_div(xv, s, rs) : s > 0.0f ? __fdiv_rn(xv, s) : 0.0f;
+                    qv[k] = row_quotient(xv, s, rs, decltype(QUICK)::value);
                 }
                 *((uint2 *)((uint8_t *)q + r * cols) + j) = q8_pack<QDT>(qv);
             }
