@@ -136,9 +136,10 @@ def main():
                   y is not None and bool(((y.float() - ref).abs() <= 0.02 * ref.abs().amax()).all()))
 
     # W8A8 pieces: row quantization (int8, fp8), cuBLASLt int8 + epilogue, fp8 fused and fp32 + epilogue
-    # (rows of 37: the scalar kernel; 1024 and 3072: one warp per row; 4104 and 20000: 2 and 7 warps)
+    # (rows of 37: the scalar kernel; 1024: one warp per row; 3072, 4104, 20000 and 24576: 2, 3, 14
+    # and 16 warps)
     for kind in ("int8", "fp8"):
-        for rows, cols in ((5, 37), (3, 1024), (5, 3072), (3, 4104), (2, 20000)):
+        for rows, cols in ((5, 37), (3, 1024), (5, 3072), (3, 4104), (2, 20000), (2, 24576)):
             x = torch.randn(rows, cols, generator=gen).to(BF16).to(DEV)
             q, s = kernels.quantize_rows(x, kind)
             back = q.float() * s[:, None]

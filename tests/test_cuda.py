@@ -616,13 +616,13 @@ def test_w8a8(path, name, tol, M):
     assert rel_err(y, ref) < tol, rel_err(y, ref)
 
 
-@pytest.mark.parametrize("shape", [(7, 301), (6, 264), (3, 1024), (4, 3072), (3, 4104), (2, 16384), (5, 20000),
-                                   (2, 24584)])
+@pytest.mark.parametrize("shape", [(7, 301), (6, 264), (3, 1024), (3, 1032), (4, 3072), (3, 4104), (2, 16384),
+                                   (5, 20000), (2, 24576), (2, 24584)])
 def test_quantize_rows(shape):
     """per-row activation quantization, exactly sdnq's arithmetic (the register-resident vector
-    kernel for 16-bit rows of a multiple of 8 columns up to 24576: one warp per row up to 3072
-    columns (1024: the 4-vector form), 2, 6 and 7 warps for 4104, 16384 and 20000; the two-pass
-    kernel otherwise: 301, 24584)"""
+    kernel for 16-bit rows of a multiple of 8 columns up to 24576, 6 vectors of 8 per thread: one
+    warp per row up to 1536 columns (up to 1024: the 4-vector form), 2, 3, 11, 14 and 16 warps for
+    3072, 4104, 16384, 20000 and 24576; the two-pass kernel otherwise: 301, 24584)"""
     rows, cols = shape
     g = torch.Generator().manual_seed(cols)
     x = torch.randn(rows, cols, generator=g).to(BF16)

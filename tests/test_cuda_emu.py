@@ -214,7 +214,8 @@ def test_emu_w8a8(emu, path, name, tol):
     T.test_w8a8(path, name, tol, 33)
 
 
-@pytest.mark.parametrize("shape", [(7, 301), (6, 264), (3, 1024), (4, 3072), (3, 4104), (2, 16384), (2, 24584)])
+@pytest.mark.parametrize("shape", [(7, 301), (6, 264), (3, 1024), (3, 1032), (4, 3072), (3, 4104), (2, 16384),
+                                   (2, 24576), (2, 24584)])
 def test_emu_quantize_rows(emu, shape):
     T.test_quantize_rows(shape)
 

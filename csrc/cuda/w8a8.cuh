@@ -70,20 +70,24 @@ __global__ void __launch_bounds__(QROW_THREADS)
 
 /*
  * quantize_rows_vec_kernel<XDT, QDT, V>: one row per block of blockDim.x threads (a multiple of
- * 32, up to 256; the launcher picks the fewest warps that hold the row in V 16-byte vectors per
- * thread: a 3072-value row is one warp). The row (cols % 8 == 0, 16-byte aligned) is read once
+ * 32, up to 512; the launcher picks the fewest warps that hold the row in V 16-byte vectors per
+ * thread: a 3072-value row is two warps). The row (cols % 8 == 0, 16-byte aligned) is read once
  * into registers, all V loads of a thread in flight together; amax is reduced by shuffles within
  * each warp and, with more than one warp, through shared memory (every thread reads the warps'
  * maxima after one barrier, so no second one publishes the scale); then quantized from the
  * registers and written 8 codes (8 bytes) per store. Same codes as quantize_rows_kernel
  * (x / s correctly rounded where it decides a code, codec.h's sdnq_row_div; round half to even).
  */
-constexpr int QROW_V = 12;            /* vectors per thread of the register-resident kernel  */
+/* Six vectors per thread in at most 64 registers (the launch bounds: 2 blocks of 512 threads per
+ * multiprocessor) let 32 warps per multiprocessor hold their rows, where twelve vectors per
+ * thread took 91 registers and 21 warps (docs/cuda.md, "Row quantization": 3072-value rows at
+ * M = 4608 went from 59 to 68 % of the copy's bandwidth on an H200) */
+constexpr int QROW_V = 6;             /* vectors per thread of the register-resident kernel  */
 constexpr int QROW_V_SMALL = 4;       /* ... for rows of at most 32 * 4 vectors (1024 values) */
-constexpr int QROW_MAX_THREADS = 256; /* rows up to 256 * 12 * 8 = 24576 values             */
+constexpr int QROW_MAX_THREADS = 512; /* rows up to 512 * 6 * 8 = 24576 values              */
 
 template <int XDT, int QDT, int V>
-__global__ void __launch_bounds__(QROW_MAX_THREADS)
+__global__ void __launch_bounds__(QROW_MAX_THREADS, 2)
     quantize_rows_vec_kernel(const void *x, int64_t rows, int64_t cols, int64_t ldx, void *q, float *scale) {
     __shared__ float wmax[QROW_MAX_THREADS / 32];
     const float qmax = QDT == SDNQ_DT_I8 ? 127.0f : 448.0f;
